@@ -1,0 +1,50 @@
+# sigverify — every target sets itself up: `make exp-triplet` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Settings every experiment target accepts.
+DATA ?=
+PROFILE ?= quick
+RUNS ?= runs
+ARGS ?=
+RESUME ?=
+SEED ?=
+STRATEGY ?=
+CPU_DEVICES ?=
+MIXED_PRECISION ?=
+JIT ?=
+export SIGVERIFY_CACHE ?= $(CURDIR)/data/cache
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+EXPERIMENT_FLAGS = --profile $(PROFILE) --runs $(RUNS) \
+	$(if $(DATA),--data $(DATA)) $(if $(RESUME),--resume $(RESUME)) $(if $(SEED),--seed $(SEED)) \
+	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(CPU_DEVICES),--cpu-devices $(CPU_DEVICES)) \
+	$(if $(filter 1,$(MIXED_PRECISION)),--mixed-precision) $(if $(filter 1,$(JIT)),--jit) $(ARGS)
+
+.PHONY: install exp-triplet data-synthetic test lint clean-cache
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data-synthetic: install
+	@if [ -d data/synthetic/full_org ]; then echo "data/synthetic exists"; \
+	else $(VENV)/bin/sigverify data synthetic --out data/synthetic; fi
+
+exp-triplet: install
+	$(PY) experiments/triplet.py $(EXPERIMENT_FLAGS)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check sigverify experiments tests
+
+clean-cache:
+	rm -rf data/cache

@@ -1,0 +1,1 @@
+"""Data layer: reading dataset layouts into an index, synthetic signatures, splits, pairs and feeds."""

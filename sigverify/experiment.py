@@ -1,0 +1,122 @@
+"""What wraps every experiment script: flags → config, seeds, strategy, the run folder and its status, and errors that
+reach the user as one line (a bad setting, a bad file) rather than a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Callable
+
+import keras
+
+from sigverify.config import ExperimentConfig, add_config_flags, config_from_args, config_from_dict
+from sigverify.errors import ConfigError, SigverifyError
+from sigverify.runs import CONFIG_FILE, RunFolder, check_resumable, write_yaml
+
+log = logging.getLogger("sigverify")
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during a run."""
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Python, NumPy and backend seeds from one number; op determinism on request (TensorFlow)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def parse_config(experiment: str, profiles: dict, argv: list[str] | None, description: str) -> ExperimentConfig:
+    parser = argparse.ArgumentParser(prog=f"experiments/{experiment}.py", description=description)
+    add_config_flags(parser)
+    args = parser.parse_args(argv)
+    if args.resume:
+        return _config_of_run(experiment, args.resume, args)
+    return config_from_args(experiment, profiles, args)
+
+
+def _config_of_run(experiment: str, run_dir: str, args: argparse.Namespace) -> ExperimentConfig:
+    """A resumed run continues with the settings it was started with (its config.yaml)."""
+    import yaml
+
+    run_path = check_resumable(run_dir, experiment)
+    config = config_from_dict(yaml.safe_load((run_path / CONFIG_FILE).read_text()))
+    config.resume = str(run_dir)
+    return config
+
+
+def run_experiment(experiment: str, profiles: dict, prepare: Callable[[ExperimentConfig], object],
+                   body: Callable[[RunFolder, ExperimentConfig, object], dict], argv: list[str] | None = None,
+                   description: str = "") -> int:
+    """Parse the flags, `prepare(config)` everything that can fail on bad settings or input (strategy, model checks,
+    data, preprocessing) before any run folder exists, then `body(run, config, prepared)` in a new or resumed run folder.
+
+    Exit codes: 0 done, 2 bad setting or input, 3 training failed (run marked failed), 130 interrupted (run marked
+    interrupted, resumable).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    run = None
+    try:
+        config = parse_config(experiment, profiles, argv, description)
+        seed_everything(config.train.seed, config.train.deterministic)
+        prepared = prepare(config)
+        if config.resume:
+            run = RunFolder.resume(config.resume, experiment)
+        else:
+            run = RunFolder.create(config.runs, experiment)
+            write_yaml(run.file(CONFIG_FILE), config.to_dict())
+        print(f"run folder: {run.path}", file=sys.stderr)
+        metrics = body(run, config, prepared)
+        run.finish()
+        print(f"done: {run.path}", file=sys.stderr)
+        _print_summary(metrics)
+        return 0
+    except Interrupted as why:
+        if run is not None:
+            run.set_status("interrupted", f"stopped by {why}")
+            print(f"\ninterrupted ({why}). The last completed epoch is checkpointed; continue with:\n"
+                  f"  make exp-{experiment} RESUME={run.path}   (or: --resume {run.path})", file=sys.stderr)
+        else:
+            print(f"\ninterrupted ({why}) before a run folder was made", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SigverifyError as error:
+        if run is not None:
+            failed_on_input = isinstance(error, ConfigError)
+            run.set_status("failed", str(error))
+            print(f"error: {error}\nthe run folder {run.path} is marked failed", file=sys.stderr)
+            return EXIT_BAD_INPUT if failed_on_input else EXIT_FAILED
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as error:
+        if run is not None:
+            run.set_status("failed", f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_summary(metrics: dict) -> None:
+    for name in ("hard", "easy"):
+        values = metrics.get(name)
+        if values:
+            honest = values.get("accuracy_at_train_threshold")
+            honest_text = "n/a" if honest is None else f"{honest:.3f}"
+            print(f"{name:>4} pairs: max accuracy {values['max_accuracy']:.3f}  EER {values['eer']:.3f}  "
+                  f"AUC {values['auc']:.3f}  accuracy at the training threshold {honest_text}")
+

@@ -1,0 +1,250 @@
+"""The steps every experiment shares: data → splits → preprocessed images → pairs, embedding a set of images, and
+evaluation with its plots, metrics and report written into the run folder."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from sigverify import plots
+from sigverify.config import ExperimentConfig
+from sigverify.data.feed import image_batches, pk_batches, shuffled_batches
+from sigverify.data.index import read_index
+from sigverify.data.pairs import verification_pairs
+from sigverify.data.splits import rows_of_writers, split_writers
+from sigverify.data.synthetic import generate_synthetic_dataset
+from sigverify.errors import ConfigError
+from sigverify.evaluate import evaluate_embeddings
+from sigverify.preprocess import PreprocessConfig, load_preprocessed_images, to_backbone_input
+from sigverify.distribute import is_chief
+from sigverify.report import write_report
+from sigverify.runs import RunFolder, write_json, write_text, writing
+from sigverify.train import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SYNTHETIC_DIR = Path("data") / "synthetic"
+
+
+@dataclass
+class SplitData:
+    index: pd.DataFrame  # rows of this split's writers, positions 0..n-1
+    images: np.ndarray  # uint8 n×H×W, preprocessed
+    pairs: pd.DataFrame  # verification pairs, positions into `index`
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.index["label"].to_numpy()
+
+
+@dataclass
+class ExperimentData:
+    dataset: str
+    layout: str
+    train: SplitData
+    test: SplitData
+    train_writers: list[int]
+    test_writers: list[int]
+    skipped: list = field(default_factory=list)
+
+
+def resolve_data_dir(data: str | None) -> Path:
+    """The user's folder, or the embedded synthetic set (generated on first use)."""
+    if data:
+        path = Path(data)
+        if not path.is_dir():
+            raise ConfigError(f"--data {data}: no such folder; expected a dataset folder (CEDAR layout or one folder per writer)")
+        return path
+    if not (DEFAULT_SYNTHETIC_DIR / "full_org").is_dir():
+        log.info("generating the embedded synthetic signature set in %s (first use)", DEFAULT_SYNTHETIC_DIR)
+        generate_synthetic_dataset(DEFAULT_SYNTHETIC_DIR)
+    return DEFAULT_SYNTHETIC_DIR
+
+
+def check_enough_data(index: pd.DataFrame, data_dir: Path) -> None:
+    writers = index["writer"].unique()
+    if len(writers) < 2:
+        raise ConfigError(f"{data_dir}: {len(writers)} writer(s) found; expected at least two writers")
+    genuine_counts = index[index["genuine"]].groupby("writer").size().reindex(writers, fill_value=0)
+    too_few = genuine_counts[genuine_counts < 2]
+    if len(too_few):
+        raise ConfigError(f"{data_dir}: writer(s) {too_few.index.tolist()[:10]} have fewer than two genuine images; "
+                          "expected at least two per writer (a genuine pair)")
+
+
+def _first_samples(index: pd.DataFrame, max_samples: int | None) -> pd.DataFrame:
+    if not max_samples:
+        return index
+    rank = index.groupby(["writer", "genuine"])["sample"].rank(method="first")
+    return index[rank <= max_samples]
+
+
+def prepare_data(config: ExperimentConfig, preprocess: PreprocessConfig) -> ExperimentData:
+    data_dir = resolve_data_dir(config.data.data)
+    index = read_index(data_dir, layout=config.data.layout, skip_bad=config.data.skip_bad_images)
+    check_enough_data(index, data_dir)
+    train_writers, test_writers = split_writers(index["writer"].unique(), seed=config.train.seed)
+    if config.data.max_writers:
+        train_writers = train_writers[: config.data.max_writers]
+        test_writers = test_writers[: config.data.max_writers]
+    index = _first_samples(index[index["writer"].isin(train_writers + test_writers)], config.data.max_samples)
+    images, kept, skipped = load_preprocessed_images(index["path"].tolist(), preprocess, config.data.cache_dir,
+                                                     skip_bad_images=config.data.skip_bad_images)
+    index = index[kept].reset_index(drop=True)
+    splits = {}
+    for name, writers in (("train", train_writers), ("test", test_writers)):
+        positions = np.flatnonzero(index["writer"].isin(writers).to_numpy())
+        split_index = rows_of_writers(index, writers)
+        splits[name] = SplitData(split_index, images[positions], verification_pairs(split_index))
+    dataset = "synthetic (embedded default)" if config.data.data is None else str(Path(config.data.data).resolve())
+    return ExperimentData(dataset=dataset, layout=index.attrs.get("layout", "unknown"), train=splits["train"],
+                          test=splits["test"], train_writers=train_writers, test_writers=test_writers, skipped=skipped)
+
+
+def embed(model: keras.Model, images: np.ndarray, backbone: str, batch_size: int = 64) -> np.ndarray:
+    """Embeddings (float32 N×D) of preprocessed uint8 images."""
+    chunks = [model.predict_on_batch(to_backbone_input(images[i : i + batch_size], backbone))
+              for i in range(0, len(images), batch_size)]
+    return np.concatenate([keras.ops.convert_to_numpy(c) for c in chunks]).astype(np.float32)
+
+
+def environment() -> dict:
+    backend = keras.backend.backend()
+    info = {"python": platform.python_version(), "keras": keras.__version__, "backend": backend,
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+        info["devices"] = [d.name for d in tf.config.list_logical_devices()]
+    return info
+
+
+def evaluate_and_report(run: RunFolder, config: ExperimentConfig, model: keras.Model, data: ExperimentData,
+                        facts: dict, history: dict[str, list[float]], metric: str = "cosine",
+                        extra_plots=()) -> dict:
+    """Embed the test (and training) writers, compute the metrics, write plots, model, metrics and report.
+
+    `facts` are the run's own records (weights used, train_seconds, params, strategy...) merged into metrics.json.
+    `extra_plots` are callables (run, test_embeddings) for experiment-specific figures.
+    """
+    backbone = config.model.backbone
+    test_embeddings = embed(model, data.test.images, backbone)
+    train_embeddings = embed(model, data.train.images, backbone)
+    metrics, scores = evaluate_embeddings(test_embeddings, data.test.pairs, metric=metric,
+                                          train_embeddings=train_embeddings, train_pairs=data.train.pairs)
+    metrics.update({"status": "complete", "dataset": data.dataset, "layout": data.layout, "profile": config.profile,
+                    "experiment": config.experiment, "test_writers": data.test_writers,
+                    "n_train_writers": len(data.train_writers), "n_test_images": len(data.test.index),
+                    "n_train_images": len(data.train.index), "distance": metric})
+    metrics.update(facts)
+
+    test_index = data.test.index
+    writers, genuine = test_index["writer"].to_numpy(), test_index["genuine"].to_numpy()
+    figures = {}
+    if config.report.umap:
+        figures["umap.png"] = lambda p: plots.plot_umap(test_embeddings, writers, genuine, p,
+                                                        title="Test signatures: UMAP of the embeddings")
+    for name, set_scores in scores.items():
+        negatives = "skilled forgery" if name == "hard" else "random forgery"
+        figures[f"density_{name}.png"] = lambda p, s=set_scores, n=negatives, k=name: plots.plot_distance_density(
+            s.distances, s.same, p, threshold=metrics[k]["threshold"], negative_label=n,
+            title=f"{metric.capitalize()} distances of test pairs: genuine vs {n}")
+    if "hard" in scores:
+        s = scores["hard"]
+        figures["roc.png"] = lambda p: plots.plot_roc(s.fpr, s.tpr, s.thresholds, p, eer=s.eer,
+                                                      title="Genuine vs skilled forgery pairs")
+    if history:
+        figures["history.png"] = lambda p: plots.plot_history(history, p)
+    for figure_name, draw in list(figures.items()) + [(name, draw) for name, draw in extra_plots]:
+        with writing(run.file(figure_name)) as temporary:
+            draw(temporary)
+
+    if config.report.gradcam_images:
+        write_gradcam(run, model, data.test, backbone, config.report.gradcam_images)
+
+    with writing(run.file("model.keras")) as temporary:
+        model.save(temporary)
+    with writing(run.file("embeddings.npz")) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, embeddings=test_embeddings, writer=writers, genuine=genuine, label=test_index["label"].to_numpy(),
+                     path=test_index["path"].to_numpy().astype(str))
+    write_json(run.file("metrics.json"), metrics)
+    write_text(run.file("metrics.csv"), metrics_csv(metrics))
+    write_report(run, config, metrics, figures=[name for name in run.path.iterdir()])
+    return metrics
+
+
+def write_gradcam(run: RunFolder, model: keras.Model, split: SplitData, backbone: str, n_images: int) -> None:
+    from sigverify.explain import gradcam_heatmaps
+
+    index = split.index
+    chosen = np.concatenate([np.flatnonzero(index["genuine"].to_numpy())[: (n_images + 1) // 2],
+                             np.flatnonzero(~index["genuine"].to_numpy())[: n_images // 2]])
+    try:
+        layer_names, heatmaps = gradcam_heatmaps(model, to_backbone_input(split.images[chosen], backbone))
+    except NotImplementedError as error:
+        log.warning("GradCAM skipped: %s", error)
+        return
+    with writing(run.file("gradcam.png")) as temporary:
+        plots.plot_gradcam(split.images[chosen], heatmaps, layer_names, temporary)
+
+
+def metrics_csv(metrics: dict) -> str:
+    """One row per pair set (hard, easy) with its numbers: the table a spreadsheet opens."""
+    keys = ["max_accuracy", "eer", "eer_interpolated", "auc", "threshold", "accuracy_at_train_threshold"]
+    lines = ["pairs,n_pairs," + ",".join(keys)]
+    for name in ("hard", "easy"):
+        values = metrics.get(name) or {}
+        lines.append(",".join([name, str(metrics["n_pairs"].get(name, 0))] +
+                              ["" if values.get(k) is None else f"{values[k]:.6g}" for k in keys]))
+    return "\n".join(lines) + "\n"
+
+
+def training_batches(labels: np.ndarray, config: ExperimentConfig, epoch: int) -> np.ndarray:
+    """The sampler of the config: the original shuffled batches, or class-balanced P×K batches."""
+    train = config.train
+    if train.sampler == "pk":
+        return pk_batches(labels, train.classes_per_batch, train.images_per_class, train.seed, epoch)
+    return shuffled_batches(len(labels), train.batch_size, train.seed, epoch)
+
+
+def fit_on_labelled_images(run: RunFolder, config: ExperimentConfig, strategy, data: ExperimentData, model, loss_fn,
+                           optimizer, batch_has_signal=None) -> TrainResult:
+    """Online-mining training (triplet-style losses on labels): batches of training images, validation loss on the
+    test writers' images in fixed P×K-style batches (for the history plot and the best checkpoint only)."""
+    backbone = config.model.backbone
+    train_labels, test_labels = data.train.labels, data.test.labels
+    steps = len(training_batches(train_labels, config, 0))
+    trainer = Trainer(model, loss_fn, optimizer, strategy, run.path, write_files=is_chief(strategy),
+                      batch_has_signal=batch_has_signal, jit=config.train.jit)
+    validation = shuffled_batches(len(test_labels), min(config.train.batch_size, len(test_labels)), config.train.seed, 0)
+    return trainer.fit(
+        lambda epoch: image_batches(data.train.images, train_labels, training_batches(train_labels, config, epoch), backbone),
+        epochs=config.train.epochs, steps_per_epoch=steps,
+        validation_batches=lambda epoch: image_batches(data.test.images, test_labels, validation, backbone),
+    )
+
+
+def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
+    """Ink as signal, one flat vector per image: the no-learning baseline (cosine distance on raw pixels)."""
+    return (255.0 - images.reshape(len(images), -1).astype(np.float32)) / 255.0
+
+
+def reference_points(model: keras.Model, data: ExperimentData, backbone: str) -> dict:
+    """What a trained model must beat on the test pairs: raw pixels at the run's preprocessing, and the same model
+    before training."""
+    points = {}
+    for name, embeddings, metric in (
+        ("raw_pixels", raw_pixel_embeddings(data.test.images), "cosine"),
+        ("untrained_model", embed(model, data.test.images, backbone), "cosine"),
+    ):
+        metrics, _ = evaluate_embeddings(embeddings, data.test.pairs, metric=metric)
+        points[name] = {k: metrics[k]["max_accuracy"] for k in ("hard", "easy") if metrics.get(k)}
+    return points

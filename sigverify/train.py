@@ -1,0 +1,216 @@
+"""The training loop: one loop on `strategy.run` for every tf.distribute strategy (Keras 3's `fit` breaks under
+MultiWorkerMirroredStrategy), driven like `fit` through Keras callbacks, with checkpoints that make a run resumable.
+
+Per replica the loss is the mean over that replica's share of the global batch; gradients are all-reduced (summed) by
+the Keras optimizer under the strategy, so each replica's loss is divided by the number of replicas.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sigverify.config import TrainSettings
+from sigverify.errors import SigverifyError
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.csv"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class NonFiniteLoss(SigverifyError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    history: dict[str, list[float]]
+    train_seconds: float
+    initial_epoch: int
+    batches_without_positives: int = 0
+    best_epoch: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def learning_rate_schedule(settings: TrainSettings, steps_per_epoch: int):
+    """exponential: the post's ExponentialDecay(lr, decay_steps, decay_rate) per step (with 33 steps an epoch the rate is
+    under 1e-5 by epoch 4); cosine: decays to 5% over the whole run, so every epoch still learns; constant."""
+    if settings.schedule == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, settings.decay_steps, settings.decay_rate)
+    if settings.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(settings.learning_rate, settings.epochs * steps_per_epoch, alpha=0.05)
+    return settings.learning_rate
+
+
+def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    optimizer = keras.optimizers.Adam(learning_rate_schedule(settings, steps_per_epoch))
+    if settings.mixed_precision and keras.mixed_precision.dtype_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def current_learning_rate(optimizer) -> float:
+    rate = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(rate))
+
+
+def _truncate_history(path: Path, completed_epochs: int) -> None:
+    """On resume keep exactly the epochs the checkpoint holds, so the finished history has every epoch once."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) < completed_epochs]
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+    os.replace(temporary, path)
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    if not Path(path).exists():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = {key: [math.nan if row[key] in ("", "NA") else float(row[key]) for row in rows]
+               for key in (rows[0].keys() if rows else [])}
+    # CSVLogger adds empty val_* columns when a run has no validation: drop them.
+    return {key: values for key, values in columns.items() if not all(math.isnan(v) for v in values)}
+
+
+class _TensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard reads the learning rate from `model.optimizer`, which only `compile` sets (and a compiled
+    model would carry the optimizer state into model.keras); the loop puts the learning rate in the logs itself."""
+
+    def _collect_learning_rate(self, logs):
+        return logs
+
+
+class Trainer:
+    """Trains `model` on the batches of `train_batches(epoch)`, a tf.data dataset of (inputs, targets) per epoch.
+
+    `loss_fn(targets, outputs)` gives the mean loss of a replica's batch. `batch_has_signal(targets)` (optional) tells
+    whether a batch can teach anything (a triplet batch needs a positive pair): batches without are counted and logged.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, strategy, run_dir: Path, *, write_files: bool = True,
+                 batch_has_signal: Callable | None = None, jit: bool = False):
+        self.model, self.loss_fn, self.optimizer, self.strategy = model, loss_fn, optimizer, strategy
+        self.run_dir = Path(run_dir)
+        self.write_files = write_files
+        if write_files:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.batch_has_signal = batch_has_signal
+        with strategy.scope():
+            self.optimizer.build(model.trainable_variables)
+            self.completed_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.best_val_loss = tf.Variable(np.inf, dtype=tf.float32, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, completed_epochs=self.completed_epochs,
+                                              best_val_loss=self.best_val_loss)
+        checkpoint_dir = self.run_dir / CHECKPOINT_DIR
+        if not write_files:  # multi-worker: every worker must save, only the chief's copy is kept
+            checkpoint_dir = Path(tempfile.mkdtemp(prefix="sigverify-worker-ckpt-"))
+        self.last = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir / "last"), max_to_keep=1)
+        self.best = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir / "best"), max_to_keep=1)
+        self._train_step = tf.function(self._distributed_train_step, jit_compile=jit or None)
+        self._eval_step = tf.function(self._distributed_eval_step, jit_compile=jit or None)
+
+    def restore(self) -> int:
+        """Continue from the last completed epoch if the run folder has a checkpoint; returns that epoch count."""
+        if self.last.latest_checkpoint:
+            self.checkpoint.restore(self.last.latest_checkpoint).assert_existing_objects_matched()
+            log.info("resumed from %s after epoch %d", self.last.latest_checkpoint, int(self.completed_epochs.numpy()))
+        return int(self.completed_epochs.numpy())
+
+    def _replica_train_step(self, inputs, targets):
+        with tf.GradientTape() as tape:
+            outputs = self.model(inputs, training=True)
+            loss = tf.cast(self.loss_fn(targets, outputs), tf.float32)
+            regularization = tf.add_n(self.model.losses) if self.model.losses else 0.0
+            scaled = (loss + regularization) / self.strategy.num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(scaled)
+        gradients = tape.gradient(scaled, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        empty = tf.constant(0.0) if self.batch_has_signal is None else 1.0 - tf.cast(self.batch_has_signal(targets), tf.float32)
+        return loss, empty
+
+    def _distributed_train_step(self, inputs, targets):
+        loss, empty = self.strategy.run(self._replica_train_step, args=(inputs, targets))
+        mean_loss = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
+        return mean_loss, self.strategy.reduce(tf.distribute.ReduceOp.SUM, empty, axis=None)
+
+    def _replica_eval_step(self, inputs, targets):
+        return tf.cast(self.loss_fn(targets, self.model(inputs, training=False)), tf.float32)
+
+    def _distributed_eval_step(self, inputs, targets):
+        loss = self.strategy.run(self._replica_eval_step, args=(inputs, targets))
+        return self.strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
+
+    def evaluate_loss(self, dataset) -> float:
+        losses = [float(self._eval_step(inputs, targets)) for inputs, targets in
+                  self.strategy.experimental_distribute_dataset(dataset)]
+        return float(np.mean(losses)) if losses else math.nan
+
+    def fit(self, train_batches: Callable[[int], tf.data.Dataset], epochs: int, steps_per_epoch: int,
+            validation_batches: Callable[[int], tf.data.Dataset] | None = None, verbose: int = 1) -> TrainResult:
+        initial_epoch = self.restore()
+        history_path = self.run_dir / HISTORY_FILE
+        callbacks = []
+        if self.write_files:
+            _truncate_history(history_path, initial_epoch)
+            callbacks = [keras.callbacks.CSVLogger(str(history_path), append=initial_epoch > 0),
+                         _TensorBoard(str(self.run_dir / "tensorboard"), write_graph=False)]
+        callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose > 0,
+                                                     model=self.model, verbose=verbose, epochs=epochs,
+                                                     steps=steps_per_epoch)
+        started = time.perf_counter()
+        batches_without_positives = 0
+        callback_list.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            callback_list.on_epoch_begin(epoch)
+            losses = []
+            dataset = self.strategy.experimental_distribute_dataset(train_batches(epoch))
+            for step, (inputs, targets) in enumerate(dataset):
+                callback_list.on_train_batch_begin(step)
+                loss, empty = self._train_step(inputs, targets)
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    raise NonFiniteLoss(
+                        f"epoch {epoch + 1}, batch {step + 1}: the training loss is {loss}; stopped. The last good "
+                        f"checkpoint (after epoch {int(self.completed_epochs.numpy())}) is kept in {self.last.directory}"
+                    )
+                batches_without_positives += int(float(empty))
+                losses.append(loss)
+                callback_list.on_train_batch_end(step, {"loss": loss})
+            logs = {"loss": float(np.mean(losses)), "learning_rate": current_learning_rate(self.optimizer)}
+            if validation_batches is not None:
+                logs["val_loss"] = self.evaluate_loss(validation_batches(epoch))
+            self.completed_epochs.assign(epoch + 1)
+            if validation_batches is not None and logs["val_loss"] < float(self.best_val_loss.numpy()):
+                self.best_val_loss.assign(logs["val_loss"])
+                self.best.save()
+            self.last.save()
+            callback_list.on_epoch_end(epoch, logs)
+        callback_list.on_train_end()
+        if batches_without_positives:
+            log.warning("%d training batches had no positive pair (loss 0 for them)", batches_without_positives)
+        history = read_history(history_path) if self.write_files else {}
+        best_epoch = None
+        if "val_loss" in history and history["val_loss"]:
+            best_epoch = int(np.argmin(history["val_loss"])) + 1
+        return TrainResult(history=history, train_seconds=time.perf_counter() - started, initial_epoch=initial_epoch,
+                           batches_without_positives=batches_without_positives, best_epoch=best_epoch)

@@ -1,0 +1,206 @@
+"""Model builders: the post's exact parameter counts, setting errors, weights resolution, the contrastive head sharing its
+weights, safe .keras round trips, and Grad-CAM against a gradient worked out by hand."""
+
+import keras
+import numpy as np
+import pytest
+
+from sigverify.errors import ConfigError
+from sigverify.models import (
+    MODEL_ZOO,
+    build_base_cnn,
+    build_base_unet,
+    build_contrastive_embedding_model,
+    build_contrastive_head,
+    build_embedding_model,
+    build_pretrained_baseline,
+    build_zoo_model,
+    resolve_weights,
+    validate_model_settings,
+    validate_zoo_model,
+)
+from sigverify.models import embedding as embedding_module
+
+
+@pytest.mark.parametrize(
+    "backbone, cut_layer, expected",
+    [
+        ("resnet50", "conv4_block6_add", 9_271_520),
+        ("resnet50", "conv3_block4_add", 2_175_200),
+        ("resnet50", "conv5_block3_out", 24_794_336),
+        ("vgg16", "block5_pool", 15_036_576),
+        ("vgg16", "block3_conv1", 2_327_200),
+    ],
+)
+def test_parameter_count_matches_the_post(backbone, cut_layer, expected):
+    model = build_embedding_model(backbone, cut_layer, (224, 224, 3), weights=None)
+    assert model.count_params() == expected
+    assert model.output.shape == (None, 256)
+
+
+@pytest.mark.parametrize("builder, reported", [(build_base_cnn, 1_680_000), (build_base_unet, 1_290_000)])
+def test_base_model_parameter_count_within_five_percent(builder, reported):
+    assert abs(builder((224, 224, 3)).count_params() / reported - 1) <= 0.05
+    small = builder((64, 64, 3))
+    embeddings = small.predict(np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32"), verbose=0)
+    assert embeddings.shape == (2, 256)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_unknown_cut_layer_error_lists_valid_layers():
+    with pytest.raises(ConfigError) as error:
+        validate_model_settings("resnet50", "conv4_block7_add", 224)
+    message = str(error.value)
+    assert "conv4_block7_add" in message and "Closest: conv4_block6_add" in message
+    assert "conv3_block{1-4}_{1_conv,2_conv,3_conv,add,out}" in message and "conv1_conv" in message
+    assert len(message) < 800
+    with pytest.raises(ConfigError, match=r"block\{1-5\}_\{conv1,conv2,pool\}, block\{3-5\}_conv3"):
+        build_embedding_model("vgg16", "block6_pool", (64, 64, 3))
+
+
+def test_unknown_backbone_error_lists_valid_ones():
+    with pytest.raises(ConfigError, match=r"'resnet18'.*\['resnet50', 'vgg16'\]"):
+        validate_model_settings("resnet18", "conv4_block6_add", 224)
+    with pytest.raises(ConfigError, match="unknown model 'tiny_resnet'"):
+        build_zoo_model("tiny_resnet")
+
+
+def test_too_small_image_error_gives_the_minimum_size():
+    # ResNet50 at 49 px: conv1 → 25, pool → 13, conv3 → 7, conv4 → 4 features; at 48 px conv4 has 3.
+    assert validate_model_settings("resnet50", "conv4_block6_add", 49) == (4, 4, 1024)
+    for size in (48, 20):
+        with pytest.raises(ConfigError, match="at least 49×49"):
+            validate_model_settings("resnet50", "conv4_block6_add", size)
+    with pytest.raises(ConfigError, match="at least 49×49"):
+        build_embedding_model("resnet50", "conv4_block6_add", (224, 48, 3))
+    with pytest.raises(ConfigError, match="at least 128×128"):
+        validate_zoo_model("vgg16", 127)
+    with pytest.raises(ConfigError, match="at least 32×32"):
+        build_base_cnn((31, 64, 3))
+
+
+def test_missing_weights_file_error_names_the_path(tmp_path):
+    missing = tmp_path / "absent.weights.h5"
+    with pytest.raises(ConfigError, match="absent.weights.h5"):
+        resolve_weights(str(missing), "resnet50")
+    with pytest.raises(ConfigError, match="absent.weights.h5"):
+        build_embedding_model("vgg16", "block3_conv1", (32, 32, 3), weights=str(missing))
+
+
+def test_local_weights_file_is_loaded_into_the_backbone(tmp_path):
+    keras.utils.set_random_seed(1)
+    backbone = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "vgg16.weights.h5"
+    backbone.save_weights(path)
+    model = build_embedding_model("vgg16", "block2_conv1", (32, 32, 3), weights=str(path))
+    np.testing.assert_array_equal(model.get_layer("block2_conv1").kernel.numpy(),
+                                  backbone.get_layer("block2_conv1").kernel.numpy())
+    assert resolve_weights(str(path), "vgg16") == (str(path), f"weights file {path}")
+
+
+def test_auto_weights_fall_back_to_random_when_imagenet_cannot_be_fetched(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://example.invalid/vgg16.h5: None -- no network")
+
+    monkeypatch.setattr(keras.src.utils.file_utils, "get_file", offline)
+    embedding_module._imagenet_download_error.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="random initialisation"):
+            weights, description = resolve_weights("auto", "vgg16")
+        assert weights is None
+        assert description.startswith("random initialisation (imagenet requested via auto, but download failed")
+        assert "no network" in description
+        with pytest.raises(ConfigError, match="could not be loaded"):
+            resolve_weights("imagenet", "vgg16")
+    finally:
+        embedding_module._imagenet_download_error.cache_clear()
+    assert resolve_weights("none", "vgg16") == (None, "random initialisation (weights: none)")
+    assert resolve_weights(None, "resnet50")[0] is None
+
+
+def test_contrastive_model_shares_its_head_with_the_feature_model():
+    keras.utils.set_random_seed(2)
+    images = np.random.default_rng(2).normal(size=(3, 32, 32, 3)).astype("float32")
+    head = build_contrastive_head(feature_dim=512)
+    head.get_layer("batch_norm").moving_mean.assign(np.full(128, 0.3, "float32"))
+    model = build_contrastive_embedding_model("vgg16", (32, 32, 3), head=head)
+    assert model.get_layer("contrastive_head") is head
+    assert len(model.trainable_weights) == len(head.trainable_weights) == 6  # the backbone is frozen
+
+    features = model.get_layer("pretrained_vgg16").predict(images, verbose=0)
+    through_head = head.predict(features, verbose=0)
+    np.testing.assert_allclose(model.predict(images, verbose=0), through_head, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(through_head, axis=1), 1.0, atol=1e-5)
+
+    separate_features = build_pretrained_baseline("vgg16", (32, 32, 3))
+    assert separate_features.output.shape == (None, 512)
+    with pytest.raises(ConfigError, match="takes 512 features but resnet50 gives 2048"):
+        build_contrastive_embedding_model("resnet50", (32, 32, 3), head=head)
+
+
+@pytest.mark.parametrize("name, size", [("smaller_resnet50", 64), ("small_resnet50_nonorm", 49), ("base_unet", 36)])
+def test_saved_model_loads_in_safe_mode_with_the_same_output(tmp_path, name, size):
+    model = build_zoo_model(name, (size, size, 3))
+    images = np.random.default_rng(3).normal(size=(2, size, size, 3)).astype("float32")
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
+    norms = np.linalg.norm(model.predict(images, verbose=0), axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-5) == MODEL_ZOO[name].normalize
+
+
+def test_embedding_stays_float32_under_mixed_precision():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = build_base_cnn((32, 32, 3))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert model.get_layer("stage1_1_conv").compute_dtype == "float16"
+    assert model.output.dtype == "float32"
+
+
+def test_zoo_lists_the_posts_results():
+    assert MODEL_ZOO["small_resnet50"].reported_max_accuracy == 0.818
+    assert MODEL_ZOO["small_resnet50_noskip"].cut_layer == "conv4_block6_3_conv"
+    for name, entry in MODEL_ZOO.items():
+        assert entry.reported_max_accuracy is None or 0.5 < entry.reported_max_accuracy < 1, name
+        validate_zoo_model(name, 224)
+
+
+def test_gradcam_gives_one_unit_range_map_per_layer_and_image():
+    from sigverify.explain import gradcam_heatmaps
+
+    keras.utils.set_random_seed(4)
+    model = build_zoo_model("smaller_resnet50", (64, 64, 3))
+    images = np.random.default_rng(4).uniform(-100, 100, size=(2, 64, 64, 3)).astype("float32")
+    layer_names, heatmaps = gradcam_heatmaps(model, images)
+    assert layer_names == ["conv3_block4_2_conv", "conv3_block4_3_conv", "head_conv1", "head_conv2"]
+    assert len(heatmaps) == 2 and all(len(row) == 4 for row in heatmaps)
+    assert [heatmap.shape for heatmap in heatmaps[0]] == [(8, 8), (8, 8), (8, 8), (4, 4)]
+    for heatmap in (heatmap for row in heatmaps for heatmap in row):
+        assert heatmap.dtype == np.float32 and heatmap.min() >= 0 and heatmap.max() <= 1
+        assert heatmap.max() in (0.0, 1.0)
+    with pytest.raises(ConfigError, match="not in model"):
+        gradcam_heatmaps(model, images, layer_names=["block9_conv"])
+
+
+def test_gradcam_matches_the_gradient_worked_out_by_hand():
+    from sigverify.explain import gradcam_heatmaps
+
+    keras.utils.set_random_seed(5)
+    image = keras.Input((6, 5, 2))
+    feature_map = keras.layers.Conv2D(3, 3, padding="same", name="conv")(image)
+    embedding = keras.layers.Dense(4, name="dense")(keras.layers.Flatten()(feature_map))
+    model = keras.Model(image, embedding)
+    images = np.random.default_rng(5).normal(size=(3, 6, 5, 2)).astype("float32")
+
+    # The embedding is linear in the feature map A: ∂(Σ embedding)/∂A is the Dense kernel summed over its outputs.
+    features = keras.Model(image, feature_map).predict(images, verbose=0)
+    gradient = model.get_layer("dense").kernel.numpy().sum(axis=1).reshape(6, 5, 3)
+    expected = np.maximum((features * gradient.mean(axis=(0, 1))).sum(axis=-1), 0)
+    expected /= expected.max(axis=(1, 2), keepdims=True)
+
+    layer_names, heatmaps = gradcam_heatmaps(model, images)
+    assert layer_names == ["conv"]
+    np.testing.assert_allclose(np.stack([row[0] for row in heatmaps]), expected, atol=1e-5)

@@ -1,0 +1,102 @@
+"""The training loop: the loss reduction under a strategy (2 logical CPUs give the same update as one device on the
+same global batch), schedules, NaN stops, and resuming from the last checkpoint with every epoch once in the history."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sigverify.config import TrainSettings
+from sigverify.train import NonFiniteLoss, Trainer, learning_rate_schedule, make_optimizer, read_history
+
+REPO = Path(__file__).resolve().parent.parent
+
+STRATEGY_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np, keras, tensorflow as tf
+    from sigverify.distribute import make_strategy
+    from sigverify.train import Trainer
+
+    def mean_squared_embedding(targets, outputs):  # a per-example mean: exact to compare across replica counts
+        return keras.ops.mean(keras.ops.sum(outputs ** 2, axis=-1) * (1.0 + keras.ops.cast(targets, "float32")))
+
+    name, run_dir = sys.argv[1], sys.argv[2]
+    strategy = make_strategy(name, cpu_devices=2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5)).astype("float32")
+    y = np.arange(8) % 2
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+        optimizer = keras.optimizers.SGD(0.1)
+    trainer = Trainer(model, mean_squared_embedding, optimizer, strategy, run_dir)
+    batches = lambda epoch: tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    result = trainer.fit(batches, epochs=2, steps_per_epoch=1, verbose=0)
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": result.history["loss"],
+                      "kernel": model.layers[0].kernel.numpy().tolist()}))
+""")
+
+
+def run_strategy(name, tmp_path):
+    out = subprocess.run([sys.executable, "-c", STRATEGY_SCRIPT, name, str(tmp_path / name)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_over_two_cpus_gives_the_single_device_update(tmp_path):
+    single, mirrored = run_strategy("cpu", tmp_path), run_strategy("mirrored", tmp_path)
+    assert single["replicas"] == 1 and mirrored["replicas"] == 2
+    np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(mirrored["kernel"], single["kernel"], rtol=1e-5, atol=1e-6)
+
+
+def small_trainer(run_dir, loss_fn=None):
+    loss_fn = loss_fn or (lambda y, out: keras.ops.mean((out - keras.ops.cast(y[:, None], "float32")) ** 2))
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        optimizer = keras.optimizers.Adam(0.01)
+    return Trainer(model, loss_fn, optimizer, strategy, run_dir), model
+
+
+def data(epoch):
+    rng = np.random.default_rng(epoch)
+    return tf.data.Dataset.from_tensor_slices((rng.normal(size=(8, 4)).astype("float32"), np.arange(8) % 2)).batch(4)
+
+
+def test_resume_continues_after_the_last_completed_epoch(tmp_path):
+    trainer, _ = small_trainer(tmp_path)
+    trainer.fit(data, epochs=2, steps_per_epoch=2, validation_batches=data, verbose=0)
+    reference, reference_model = small_trainer(tmp_path / "reference")
+    reference.fit(data, epochs=4, steps_per_epoch=2, validation_batches=data, verbose=0)
+
+    resumed, model = small_trainer(tmp_path)  # a new process would rebuild everything like this
+    result = resumed.fit(data, epochs=4, steps_per_epoch=2, validation_batches=data, verbose=0)
+    assert result.initial_epoch == 2
+    history = read_history(tmp_path / "history.csv")
+    assert history["epoch"] == [0, 1, 2, 3], "every epoch once"
+    np.testing.assert_allclose(history["loss"], read_history(tmp_path / "reference" / "history.csv")["loss"], rtol=1e-5)
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), reference_model.layers[0].kernel.numpy(), rtol=1e-5)
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch(tmp_path):
+    trainer, _ = small_trainer(tmp_path, loss_fn=lambda y, out: keras.ops.mean(out) * np.float32("nan"))
+    with pytest.raises(NonFiniteLoss, match="epoch 1, batch 1"):
+        trainer.fit(data, epochs=1, steps_per_epoch=2, verbose=0)
+
+
+def test_schedules():
+    exponential = learning_rate_schedule(TrainSettings(), steps_per_epoch=33)
+    assert float(exponential(4 * 33)) < 1e-5, "the post's decay stops learning by epoch 4"
+    cosine = learning_rate_schedule(TrainSettings(schedule="cosine", epochs=10), steps_per_epoch=10)
+    assert float(cosine(50)) > 4e-4 and float(cosine(100)) == pytest.approx(5e-5)
+    assert make_optimizer(TrainSettings(schedule="constant"), 10).learning_rate.numpy() == pytest.approx(1e-3)
