@@ -6,8 +6,6 @@ normalization, trained with the semi-hard triplet loss on online-mined batches, 
 
 import sys
 
-import keras
-
 from sigverify.config import TRIPLET_PROFILES
 from sigverify.distances import evaluation_metric_for
 from sigverify.distribute import describe_strategy, make_strategy, set_precision
@@ -22,15 +20,15 @@ from sigverify.train import make_optimizer
 
 def prepare(config):
     strategy = make_strategy(config.train.strategy, config.train.cpu_devices)
-    set_precision(config.train.mixed_precision)
+    precision = set_precision(config.train.mixed_precision)
     validate_model_settings(config.model.backbone, config.model.cut_layer, config.image.image_size)
     image = config.image
     data = prepare_data(config, PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect))
-    return strategy, data
+    return strategy, precision, data
 
 
 def train_and_evaluate(run, config, prepared):
-    strategy, data = prepared
+    strategy, precision, data = prepared
     size, model_settings = config.image.image_size, config.model
     with strategy.scope():
         weights, weights_description = resolve_weights(model_settings.weights, model_settings.backbone)
@@ -51,7 +49,7 @@ def train_and_evaluate(run, config, prepared):
         "epochs_resumed_from": result.initial_epoch,
         "batches_without_positives": result.batches_without_positives,
         "strategy": describe_strategy(strategy),
-        "precision": keras.mixed_precision.dtype_policy().name,
+        "precision": precision,
         "environment": environment(),
         "reference_points": references,
     }

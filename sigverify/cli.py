@@ -36,8 +36,7 @@ def _baseline(args) -> int:
     from sigverify.data.index import read_index
     from sigverify.data.pairs import verification_pairs
     from sigverify.data.splits import rows_of_writers, split_writers
-    from sigverify.evaluate import evaluate_embeddings
-    from sigverify.pipeline import raw_pixel_embeddings
+    from sigverify.evaluate import evaluate_embeddings, raw_pixel_embeddings
     from sigverify.preprocess import PreprocessConfig, load_preprocessed_images
 
     index = read_index(args.data)
@@ -48,7 +47,7 @@ def _baseline(args) -> int:
     metrics, _ = evaluate_embeddings(raw_pixel_embeddings(images), verification_pairs(test[kept].reset_index(drop=True)))
     result = {"data": str(args.data), "image_size": args.image_size, "binarize": args.binarize,
               "test_writers": test_writers, "n_pairs": metrics["n_pairs"],
-              "hard_max_accuracy": metrics["hard"]["max_accuracy"], "easy_max_accuracy": metrics["easy"]["max_accuracy"]}
+              **{f"{name}_max_accuracy": (metrics[name] or {}).get("max_accuracy") for name in ("hard", "easy")}}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -117,6 +117,11 @@ def accuracy_at_threshold(distances, same, threshold: float) -> float:
     return float(0.5 * (true_accept_rate + true_reject_rate))
 
 
+def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
+    """Ink as signal, one flat vector per preprocessed uint8 image: the no-learning baseline (cosine on raw pixels)."""
+    return (255.0 - images.reshape(len(images), -1).astype(np.float32)) / 255.0
+
+
 def pair_distances(embeddings, pairs: pd.DataFrame, metric: str = "cosine") -> np.ndarray:
     """One distance per row of `pairs`, between the embeddings at its positions `a` and `b`."""
     embeddings = np.asarray(embeddings)

@@ -57,14 +57,21 @@ def _masked_row_min(matrix, mask):
     return ops.min(ops.where(mask, matrix, row_max), axis=1)
 
 
-def semihard_negative_distances(distances, negative_mask):
-    """B×B matrix whose entry (a, j) is the distance from a to the semi-hard negative for D[a, j].
+def _suffix_minimum(values):
+    """Per row, entry r becomes min(values[r:]) (a reverse cumulative minimum)."""
+    # The TensorFlow scan loses the static shape inside tf.function; the reshape restores it.
+    return ops.reshape(ops.associative_scan(ops.minimum, values, reverse=True, axis=1), ops.shape(values))
 
-    That negative is the one with the smallest D[a, n] among a's negatives with D[a, n] > D[a, j];
-    if there is none, a's farthest negative; if a has no negative at all, the smallest entry of
-    row a (tfa's corner case). Instead of tfa's B×B×B comparison, each row is sorted once and
-    the negatives are counted with cumulative sums, so memory stays in B² (time B² log B).
-    Exact ties count as "not farther", which tie groups of equal sorted distances ensure.
+
+def sorted_semihard_negatives(distances, negative_mask):
+    """Each row of `distances` sorted, and for each sorted entry the distance to its semi-hard negative.
+
+    Returns (order, sorted_distances, negative_distances), all B×B: row a of `sorted_distances` is
+    D[a, order[a]], and entry (a, r) of `negative_distances` belongs to the pair (a, order[a, r]).
+    The semi-hard negative for D[a, j] is the one with the smallest D[a, n] among a's negatives with
+    D[a, n] > D[a, j]; if there is none, a's farthest negative; if a has no negative at all, the
+    smallest entry of row a (tfa's corner case). Instead of tfa's B×B×B comparison, each row is
+    sorted once and the next negative is found by a scan, so memory stays in B² (time B² log B).
     """
     batch_size = ops.shape(distances)[0]
     positions = ops.broadcast_to(ops.expand_dims(ops.arange(batch_size, dtype="int32"), 0), ops.shape(distances))
@@ -72,35 +79,22 @@ def semihard_negative_distances(distances, negative_mask):
 
     order = ops.cast(ops.argsort(distances, axis=1), "int32")
     sorted_distances = ops.take_along_axis(distances, order, axis=1)
-    sorted_is_negative = ops.take_along_axis(ops.cast(negative_mask, "int32"), order, axis=1)
+    sorted_is_negative = ops.take_along_axis(negative_mask, order, axis=1)
 
-    # Equal distances form a tie group; a negative in the same group as j is not farther than j.
-    starts_tie_group = ops.concatenate(
-        [ops.ones_like(sorted_is_negative[:, :1], dtype="bool"),
-         ops.not_equal(sorted_distances[:, 1:], sorted_distances[:, :-1])],
+    # A negative at the same distance as j is not farther: skip to the end of j's group of equal distances.
+    ends_tie_group = ops.concatenate(
+        [ops.not_equal(sorted_distances[:, 1:], sorted_distances[:, :-1]), ops.ones_like(past_end, dtype="bool")],
         axis=1,
     )
-    tie_group = ops.cumsum(ops.cast(starts_tie_group, "int32"), axis=1) - 1
-    group_starts = ops.sort(ops.where(starts_tie_group, positions, batch_size), axis=1)
-    next_group_start = ops.take_along_axis(ops.concatenate([group_starts, past_end], axis=1), tie_group + 1, axis=1)
+    tie_group_end = _suffix_minimum(ops.where(ends_tie_group, positions, batch_size))
+    first_negative_from = _suffix_minimum(ops.where(sorted_is_negative, positions, batch_size))
+    first_negative_after = ops.concatenate([first_negative_from[:, 1:], past_end], axis=1)
+    semihard_position = ops.take_along_axis(first_negative_after, tie_group_end, axis=1)
 
-    negatives_before = ops.concatenate(
-        [ops.zeros_like(past_end), ops.cumsum(sorted_is_negative, axis=1)], axis=1
-    )
-    negatives_not_farther = ops.take_along_axis(negatives_before, next_group_start, axis=1)
-    negative_count = negatives_before[:, -1:]
-
-    # Sorted positions of a's negatives, nearest first; the semi-hard one follows those not farther.
-    negative_positions = ops.sort(ops.where(ops.cast(sorted_is_negative, "bool"), positions, batch_size), axis=1)
-    negative_rank = ops.where(
-        negatives_not_farther < negative_count, negatives_not_farther, negative_count - 1
-    )
-    chosen_position = ops.take_along_axis(negative_positions, ops.maximum(negative_rank, 0), axis=1)
-    chosen_position = ops.where(negative_count > 0, chosen_position, 0)
-    sorted_choice = ops.take_along_axis(sorted_distances, chosen_position, axis=1)
-
-    inverse_order = ops.argsort(order, axis=1)
-    return ops.take_along_axis(sorted_choice, inverse_order, axis=1)
+    # No farther negative: the farthest one; no negative at all: position 0, the row's smallest entry.
+    farthest_negative = ops.max(ops.where(sorted_is_negative, positions, 0), axis=1, keepdims=True)
+    chosen_position = ops.where(semihard_position < batch_size, semihard_position, farthest_negative)
+    return order, sorted_distances, ops.take_along_axis(sorted_distances, chosen_position, axis=1)
 
 
 def _check_metric(distance_metric):
@@ -148,9 +142,12 @@ class TripletSemiHardLoss(_TripletLoss):
     def call(self, y_true, y_pred):
         distances = _float32_distances(y_pred, self.distance_metric)
         same_label, positive_mask = _same_label_and_not_self(y_true)
-        negative_distances = semihard_negative_distances(distances, ops.logical_not(same_label))
-        pair_losses = ops.maximum(self.margin + distances - negative_distances, 0.0)
-        positive_pair_losses = ops.where(positive_mask, pair_losses, 0.0)
+        order, sorted_distances, negative_distances = sorted_semihard_negatives(
+            distances, ops.logical_not(same_label)
+        )
+        pair_losses = ops.maximum(self.margin + sorted_distances - negative_distances, 0.0)
+        is_positive_pair = ops.take_along_axis(positive_mask, order, axis=1)
+        positive_pair_losses = ops.where(is_positive_pair, pair_losses, 0.0)
         positive_pairs = ops.sum(ops.cast(positive_mask, distances.dtype))
         return ops.sum(positive_pair_losses) / ops.maximum(positive_pairs, 1.0)
 

@@ -20,7 +20,7 @@ from sigverify.data.pairs import verification_pairs
 from sigverify.data.splits import rows_of_writers, split_writers
 from sigverify.data.synthetic import generate_synthetic_dataset
 from sigverify.errors import ConfigError
-from sigverify.evaluate import evaluate_embeddings
+from sigverify.evaluate import evaluate_embeddings, raw_pixel_embeddings
 from sigverify.preprocess import PreprocessConfig, load_preprocessed_images, to_backbone_input
 from sigverify.distribute import is_chief
 from sigverify.report import write_report
@@ -230,11 +230,6 @@ def fit_on_labelled_images(run: RunFolder, config: ExperimentConfig, strategy, d
         epochs=config.train.epochs, steps_per_epoch=steps,
         validation_batches=lambda epoch: image_batches(data.test.images, test_labels, validation, backbone),
     )
-
-
-def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
-    """Ink as signal, one flat vector per image: the no-learning baseline (cosine distance on raw pixels)."""
-    return (255.0 - images.reshape(len(images), -1).astype(np.float32)) / 255.0
 
 
 def reference_points(model: keras.Model, data: ExperimentData, backbone: str) -> dict:

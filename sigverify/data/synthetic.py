@@ -249,8 +249,8 @@ def _writer_style(rng: np.random.Generator) -> _WriterStyle:
         rotation_deg=rng.normal(0.0, 2.0),
         x_stretch=rng.uniform(0.85, 1.2),
         x_height_px=rng.uniform(330.0, 740.0) / name_width,
-        consistency=rng.uniform(0.02, 0.045),
-        elastic_amplitude=rng.uniform(0.03, 0.07),
+        consistency=rng.uniform(0.02, 0.04),
+        elastic_amplitude=rng.uniform(0.02, 0.05),
         stroke_width_px=rng.uniform(1.6, 3.8),
         downstroke_pressure=rng.uniform(0.0, 0.45),
         pressure_variation=rng.uniform(0.05, 0.2),
@@ -261,12 +261,12 @@ def _writer_style(rng: np.random.Generator) -> _WriterStyle:
 
 
 def _forger_traits(style: _WriterStyle, rng: np.random.Generator) -> _ForgerTraits:
-    shape_error = rng.uniform(0.05, 0.12)
+    shape_error = rng.uniform(0.06, 0.15)
     return _ForgerTraits(
         glyph_offsets=tuple(tuple(rng.normal(0.0, shape_error, glyph.shape) for glyph in word.glyphs)
                             for word in style.words),
-        letter_width_factors=tuple(rng.normal(1.0, 0.12, len(word.glyphs)).clip(0.7, 1.3) for word in style.words),
-        lowercase_height_factor=float(np.clip(rng.normal(1.0, 0.12), 0.75, 1.25)),
+        letter_width_factors=tuple(rng.normal(1.0, 0.15, len(word.glyphs)).clip(0.65, 1.35) for word in style.words),
+        lowercase_height_factor=float(np.clip(rng.normal(1.0, 0.15), 0.7, 1.3)),
         x_stretch_factor=float(np.clip(rng.normal(1.0, 0.07), 0.8, 1.2)),
         slant_offset=rng.normal(0.0, 0.12),
         rotation_offset_deg=rng.normal(0.0, 2.5),

@@ -26,9 +26,9 @@ import difflib
 import functools
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 from keras import layers
@@ -72,14 +72,14 @@ def _image_hw(image_size: int | tuple[int, int] | tuple[int, int, int]) -> tuple
 WEIGHTS_CHOICES = "auto, imagenet, none, or the path to a weights file of the backbone"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _imagenet_download_error(backbone: str) -> str | None:
     """None when the ImageNet weights of `backbone` can be loaded (downloaded or cached), else the short reason.
 
     Building the backbone is the only public way to fetch the file; cached so that one run tries once."""
     try:
         _backbone(backbone).constructor(include_top=False, weights="imagenet", input_shape=(None, None, 3))
-    except Exception as error:  # noqa: BLE001 - any failure to fetch the file means "not available here"
+    except Exception as error:  # whatever stops the download (Keras raises a bare Exception) means "not available"
         return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     return None
 
@@ -119,10 +119,11 @@ def _build_backbone(backbone: str, input_shape: tuple, weights: str | None) -> k
     weights_argument, _ = resolve_weights(weights, backbone)
     try:
         return _backbone(backbone).constructor(include_top=False, weights=weights_argument, input_shape=input_shape)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         if weights_argument in (None, "imagenet"):
             raise
-        raise ConfigError(f"weights: file {weights_argument!r} does not fit {backbone}: {error}") from error
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"weights: file {weights_argument!r} could not be loaded into {backbone}: {reason}") from error
 
 
 # Cut layers and image sizes
@@ -153,26 +154,29 @@ def _number_span(numbers: list[int]) -> str:
     return ",".join(map(str, numbers))
 
 
+def _braced(text: str) -> str:
+    return "{" + text + "}" if "," in text or "-" in text else text
+
+
 def _summarize_names(names: list[str]) -> str:
     """Group names by block so that the list stays short enough to read: conv4_block1_add, …, conv4_block6_out →
     'conv4_block{1-6}_{add,out}'; VGG16's block1_conv1, …, block5_pool → 'block{1-5}_{conv1,conv2,pool}'."""
-    blocks: dict[str, dict[str, list[int]]] = {}  # "conv4_block" -> {"_add": [1, ..., 6], ...}
+    groups: dict[str, dict[str, list[int]]] = {}  # "conv4_block" -> {"add": [1, ..., 6], ...}; "conv1_conv" -> {}
     for name in names:
-        block = re.search(r"(?<=block)\d+", name)
-        head, tail = (name, "") if block is None else (name[: block.start()], name[block.end():])
-        blocks.setdefault(head, {}).setdefault(tail, []).append(int(block.group()) if block else 0)
+        block = re.search(r"(?<=block)(\d+)_", name)
+        if block is None:
+            groups.setdefault(name, {})
+        else:
+            tails = groups.setdefault(name[: block.start()], {})
+            tails.setdefault(name[block.end():], []).append(int(block.group(1)))
     parts = []
-    for head, tails in blocks.items():
+    for head, tails in groups.items():
+        if not tails:
+            parts.append(head)
         by_span: dict[str, list[str]] = {}
         for tail, numbers in tails.items():
-            by_span.setdefault(_number_span(numbers) if tail else "", []).append(tail.lstrip("_"))
-        for span, tail_names in by_span.items():
-            if not span:
-                parts.append(head)
-                continue
-            numbers = span if "-" not in span and "," not in span else "{" + span + "}"
-            suffix = tail_names[0] if len(tail_names) == 1 else "{" + ",".join(tail_names) + "}"
-            parts.append(f"{head}{numbers}_{suffix}")
+            by_span.setdefault(_number_span(numbers), []).append(tail)
+        parts += [f"{head}{_braced(span)}_{_braced(','.join(tail_names))}" for span, tail_names in by_span.items()]
     return ", ".join(parts)
 
 
@@ -199,7 +203,7 @@ def _fits_head(feature_shape: tuple | None) -> bool:
     return feature_shape is not None and min(feature_shape[:2]) >= HEAD_MIN_FEATURE_SIZE
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def minimum_image_size(backbone: str, cut_layer: str) -> int:
     """The smallest square image side for which `backbone` cut at `cut_layer` still feeds the head 4×4 features."""
     low, high = KERAS_APPLICATIONS_MIN_SIZE, KERAS_APPLICATIONS_MIN_SIZE

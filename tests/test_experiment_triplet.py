@@ -1,0 +1,151 @@
+"""The triplet experiment end to end, as a user runs it: a smoke run writes the whole run folder, `sigverify verify`
+uses it, bad settings are refused in one line before any work, and a killed run resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "experiments" / "triplet.py"
+METRIC_KEYS = ["max_accuracy", "eer", "eer_interpolated", "auc", "threshold", "accuracy_at_train_threshold"]
+RUN_FILES = ["config.yaml", "metrics.json", "metrics.csv", "report.md", "model.keras", "embeddings.npz", "history.csv",
+             "density_hard.png", "density_easy.png", "roc.png", "history.png", "gradcam.png", "status.json"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from sigverify.data.synthetic import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_writers=10, n_samples=6, seed=1,
+                                      progress=False)
+
+
+def run_script(*args, cwd, env_extra=None, timeout=600):
+    env = dict(os.environ, SIGVERIFY_CACHE=str(Path(cwd) / "cache"), **(env_extra or {}))
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny_dataset, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("work")
+    result = run_script("--profile", "smoke", "--data", tiny_dataset, "--runs", workdir / "runs", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir, (workdir / "runs" / "triplet" / "latest").resolve(), result
+
+
+def test_smoke_run_writes_the_whole_run_folder(smoke_run):
+    _, run_dir, result = smoke_run
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for pair_set in ("hard", "easy"):
+        for key in METRIC_KEYS:
+            assert metrics[pair_set][key] is not None and np.isfinite(metrics[pair_set][key]), (pair_set, key)
+        assert 0.0 <= metrics[pair_set]["max_accuracy"] <= 1.0
+    for key in ("test_writers", "weights", "dataset", "profile", "train_seconds", "params"):
+        assert key in metrics
+    assert metrics["n_pairs"]["hard"] > 0 and metrics["profile"] == "smoke"
+    assert "random initialisation" in metrics["weights"], "no network here: the report must say which weights ran"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["experiment"] == "triplet" and config["train"]["epochs"] == 2
+    report = (run_dir / "report.md").read_text()
+    assert "random initialisation" in report and "![" in report
+    embeddings = np.load(run_dir / "embeddings.npz")
+    assert embeddings["embeddings"].shape[0] == metrics["n_test_images"] == len(embeddings["writer"])
+    np.testing.assert_allclose(np.linalg.norm(embeddings["embeddings"], axis=1), 1.0, rtol=1e-4)
+    assert "hard pairs: max accuracy" in result.stdout
+
+
+def test_verify_uses_the_run(smoke_run, tiny_dataset):
+    workdir, run_dir, _ = smoke_run
+    a = tiny_dataset / "full_org" / "original_1_1.png"
+    b = tiny_dataset / "full_forg" / "forgeries_1_1.png"
+    out = subprocess.run([sys.executable, "-m", "sigverify.cli", "verify", "--run", str(run_dir), str(a), str(b)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "distance" in out.stdout and "threshold" in out.stdout
+    assert "same writer" in out.stdout or "different writer" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cut-layer", "conv9_block1_add"], "Valid cut layers"),
+    (["--margin", "0"], "margin"),
+    (["--images-per-class", "1", "--batch-size", "4"], "K"),
+    (["--classes-per-batch", "3"], "P × K"),
+    (["--image-size", "16"], "image size"),
+    (["--strategy", "warp"], "strategy"),
+    (["--backbone", "alexnet"], "backbone"),
+])
+def test_bad_settings_are_refused_in_one_line_before_any_work(args, message, tiny_dataset, tmp_path):
+    result = run_script("--profile", "smoke", "--data", tiny_dataset, "--runs", tmp_path / "runs", *args, cwd=tmp_path,
+                        timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "runs").exists(), "nothing is written for a refused setting"
+
+
+def test_unknown_profile_and_too_few_writers_are_refused(tmp_path, tiny_dataset):
+    result = run_script("--profile", "huge", "--data", tiny_dataset, "--runs", tmp_path / "runs", cwd=tmp_path)
+    assert result.returncode == 2 and "smoke, quick, blog" in result.stderr and "Traceback" not in result.stderr
+    lonely = tmp_path / "lonely"
+    for folder in ("full_org", "full_forg"):
+        (lonely / folder).mkdir(parents=True)
+    for n in (1, 2):
+        for folder, stem in (("full_org", "original"), ("full_forg", "forgeries")):
+            (lonely / folder / f"{stem}_3_{n}.png").write_bytes((tiny_dataset / folder / f"{stem}_1_{n}.png").read_bytes())
+    result = run_script("--profile", "smoke", "--data", lonely, "--runs", tmp_path / "runs", cwd=tmp_path)
+    assert result.returncode == 2 and "at least two writers" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_killed_run_resumes_from_the_last_epoch(tiny_dataset, tmp_path):
+    """kill -9 during training, then --resume: the finished history has every epoch once."""
+    env = dict(os.environ, SIGVERIFY_CACHE=str(tmp_path / "cache"))
+    args = [sys.executable, str(SCRIPT), "--profile", "smoke", "--data", str(tiny_dataset), "--runs", str(tmp_path / "runs"),
+            "--epochs", "40", "--no-umap", "--gradcam-images", "0"]
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    run_dir = None
+    while time.time() < deadline:
+        history = list((tmp_path / "runs" / "triplet").glob("*/history.csv"))
+        if history and len(history[0].read_text().splitlines()) >= 3:  # header + at least two epochs
+            run_dir = history[0].parent
+            break
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert run_dir is not None, "training did not reach its second epoch in time"
+    completed = len((run_dir / "history.csv").read_text().splitlines()) - 1
+    assert completed < 40
+    assert not (tmp_path / "runs" / "triplet" / "latest").exists(), "latest moves only when a run has finished"
+
+    resume_args = [a if a != "40" else "4" for a in args]  # the run's own config.yaml wins: 40 epochs stay
+    result = subprocess.run(resume_args + ["--resume", str(run_dir)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    history_rows = (run_dir / "history.csv").read_text().splitlines()[1:]
+    epochs = [int(row.split(",")[0]) for row in history_rows]
+    assert epochs == list(range(40)), "every epoch exactly once"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_resumed_from"] >= 2
+    assert (tmp_path / "runs" / "triplet" / "latest").resolve() == run_dir.resolve()
+
+
+def test_resume_refuses_another_experiments_folder(tmp_path, tiny_dataset):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("experiment: contrastive\n")
+    result = run_script("--resume", other, cwd=tmp_path)
+    assert result.returncode == 2 and "contrastive" in result.stderr and "Traceback" not in result.stderr
