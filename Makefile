@@ -23,7 +23,7 @@ EXPERIMENT_FLAGS = --profile $(PROFILE) --runs $(RUNS) \
 	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(CPU_DEVICES),--cpu-devices $(CPU_DEVICES)) \
 	$(if $(filter 1,$(MIXED_PRECISION)),--mixed-precision) $(if $(filter 1,$(JIT)),--jit) $(ARGS)
 
-.PHONY: install exp-triplet data-synthetic test lint clean-cache
+.PHONY: install exp-triplet exp-contrastive data-synthetic test lint clean-cache
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ data-synthetic: install
 
 exp-triplet: install
 	$(PY) experiments/triplet.py $(EXPERIMENT_FLAGS)
+
+exp-contrastive: install
+	$(PY) experiments/contrastive.py $(EXPERIMENT_FLAGS)
 
 test: install
 	$(PY) -m pytest -q

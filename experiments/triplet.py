@@ -12,8 +12,14 @@ from sigverify.distribute import describe_strategy, make_strategy, set_precision
 from sigverify.experiment import run_experiment
 from sigverify.losses import TripletSemiHardLoss, count_positive_pairs
 from sigverify.models import build_embedding_model, resolve_weights, validate_model_settings
-from sigverify.pipeline import (environment, evaluate_and_report, fit_on_labelled_images, prepare_data,
-                                reference_points, training_batches)
+from sigverify.pipeline import (
+    environment,
+    evaluate_and_report,
+    fit_on_labelled_images,
+    prepare_data,
+    reference_points,
+    training_batches,
+)
 from sigverify.preprocess import PreprocessConfig
 from sigverify.train import make_optimizer
 

@@ -18,7 +18,7 @@ from sigverify.errors import ConfigError
 PROFILES = ("smoke", "quick", "blog")
 STRATEGIES = ("auto", "cpu", "mirrored", "multiworker")
 SAMPLERS = ("shuffled", "pk")
-SCHEDULES = ("exponential", "cosine", "constant")
+SCHEDULES = ("exponential", "epoch-exponential", "cosine", "constant")
 WEIGHTS_HELP = "auto (imagenet if it can be loaded, else random), imagenet, none, or a path to a weights file"
 
 
@@ -42,10 +42,11 @@ class ImageSettings:
 @dataclass
 class ModelSettings:
     backbone: str = "resnet50"
-    cut_layer: str = "conv4_block6_add"
+    cut_layer: str | None = "conv4_block6_add"
     weights: str = "auto"
     normalize: bool = True
     embedding_dim: int = 256
+    unfreeze_from: str | None = None  # contrastive: fine-tune the backbone from this layer on (image path)
 
 
 @dataclass
@@ -116,6 +117,29 @@ TRIPLET_PROFILES = {
 }
 
 
+def _merged(base: dict, profiles: dict) -> dict:
+    return {name: {section: {**base.get(section, {}), **profile.get(section, {})}
+                   for section in set(base) | set(profile)} for name, profile in profiles.items()}
+
+
+# Profiles of the contrastive baseline (SPEC "Contrastive baseline": frozen backbone, GAP, Dense head, margin 0.5).
+# blog: the post's settings, 224×224, 50 epochs, Adam 5e-4 decayed per epoch, checkpoint on validation loss.
+CONTRASTIVE_PROFILES = _merged(
+    {"model": {"cut_layer": None, "embedding_dim": 128},
+     "train": {"loss": "contrastive", "margin": 0.5, "sampler": "shuffled", "distance_metric": "L2"},
+     "report": {"gradcam_images": 0}},
+    {
+        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
+                  "train": {"epochs": 2, "batch_size": 32, "schedule": "constant"}, "report": {"umap": False}},
+        "quick": {"image": {"image_size": 96},
+                  "train": {"epochs": 15, "batch_size": 64, "learning_rate": 5e-4, "schedule": "epoch-exponential",
+                            "decay_rate": 0.9}},
+        "blog": {"train": {"epochs": 50, "batch_size": 64, "learning_rate": 5e-4, "schedule": "epoch-exponential",
+                           "decay_rate": 0.9}},
+    },
+)
+
+
 def _field_type(cls, name):
     hint = typing.get_type_hints(cls)[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -157,9 +181,9 @@ def validate(config: ExperimentConfig) -> None:
         (train.images_per_class >= 2 or train.sampler != "pk",
          f"--images-per-class {train.images_per_class}: expected K >= 2 so that every batch has positive pairs"),
         (train.sampler != "pk" or train.classes_per_batch * train.images_per_class == train.batch_size,
-         f"P×K sampler: --classes-per-batch {train.classes_per_batch} × --images-per-class {train.images_per_class} "
-         f"= {train.classes_per_batch * train.images_per_class} images, but --batch-size is {train.batch_size}; "
-         "expected P × K = batch size"),
+         (f"P×K sampler: --classes-per-batch {train.classes_per_batch} × --images-per-class {train.images_per_class} "
+          f"= {train.classes_per_batch * train.images_per_class} images, but --batch-size is {train.batch_size}; "
+          "expected P × K = batch size")),
         (train.cpu_devices is None or train.cpu_devices >= 1, f"--cpu-devices {train.cpu_devices}: expected >= 1"),
         (config.image.image_size >= 8, f"--image-size {config.image.image_size}: expected at least 8 pixels"),
     ]

@@ -7,7 +7,7 @@ import argparse
 import logging
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 

@@ -15,13 +15,9 @@ from sigverify.distances import pairwise_distances, resolve_pairwise_metric
 from sigverify.errors import ConfigError
 
 
-def _flat_labels(labels):
-    return ops.reshape(labels, (-1,))
-
-
 def _same_label_and_not_self(labels):
     """Boolean B×B masks: same label (diagonal included), and the positive pairs (same label, a ≠ p)."""
-    labels = _flat_labels(labels)
+    labels = ops.reshape(labels, (-1,))
     same_label = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
     row_ids = ops.arange(ops.shape(labels)[0])
     not_self = ops.not_equal(ops.expand_dims(row_ids, 1), ops.expand_dims(row_ids, 0))
@@ -57,10 +53,19 @@ def _masked_row_min(matrix, mask):
     return ops.min(ops.where(mask, matrix, row_max), axis=1)
 
 
-def _suffix_minimum(values):
-    """Per row, entry r becomes min(values[r:]) (a reverse cumulative minimum)."""
-    # The TensorFlow scan loses the static shape inside tf.function; the reshape restores it.
-    return ops.reshape(ops.associative_scan(ops.minimum, values, reverse=True, axis=1), ops.shape(values))
+def _flagged_positions(flags, positions):
+    """Per row, the positions where `flags` holds, in increasing order, then B: a B×(B+1) int matrix.
+
+    A scatter by cumulative count, O(B²); a sort would do the same slower, and keras.ops has no cumulative minimum.
+    """
+    batch_size = ops.shape(flags)[0]
+    rank_among_flagged = ops.cumsum(ops.cast(flags, "int32"), axis=1) - 1
+    column = ops.where(flags, rank_among_flagged, batch_size)  # the unflagged all land in the spare column B
+    rows = ops.broadcast_to(ops.expand_dims(ops.arange(batch_size, dtype="int32"), 1), ops.shape(flags))
+    indices = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(column, (-1,))], axis=1)
+    # Stored relative to B and added to B, so that slots nobody writes read B.
+    offsets = ops.reshape(ops.where(flags, positions - batch_size, 0), (-1,))
+    return ops.scatter(indices, offsets, (batch_size, batch_size + 1)) + batch_size
 
 
 def sorted_semihard_negatives(distances, negative_mask):
@@ -71,35 +76,33 @@ def sorted_semihard_negatives(distances, negative_mask):
     The semi-hard negative for D[a, j] is the one with the smallest D[a, n] among a's negatives with
     D[a, n] > D[a, j]; if there is none, a's farthest negative; if a has no negative at all, the
     smallest entry of row a (tfa's corner case). Instead of tfa's B×B×B comparison, each row is
-    sorted once and the next negative is found by a scan, so memory stays in B² (time B² log B).
+    sorted once and negatives are counted with cumulative sums, so memory stays in B² (time B² log B).
     """
     batch_size = ops.shape(distances)[0]
     positions = ops.broadcast_to(ops.expand_dims(ops.arange(batch_size, dtype="int32"), 0), ops.shape(distances))
-    past_end = ops.full_like(positions[:, :1], batch_size)
 
     order = ops.cast(ops.argsort(distances, axis=1), "int32")
     sorted_distances = ops.take_along_axis(distances, order, axis=1)
     sorted_is_negative = ops.take_along_axis(negative_mask, order, axis=1)
 
-    # A negative at the same distance as j is not farther: skip to the end of j's group of equal distances.
+    # A negative at the same distance as j is not farther: look past the end of j's group of equal distances.
     ends_tie_group = ops.concatenate(
-        [ops.not_equal(sorted_distances[:, 1:], sorted_distances[:, :-1]), ops.ones_like(past_end, dtype="bool")],
+        [ops.not_equal(sorted_distances[:, 1:], sorted_distances[:, :-1]), ops.ones_like(positions[:, :1], "bool")],
         axis=1,
     )
-    tie_group_end = _suffix_minimum(ops.where(ends_tie_group, positions, batch_size))
-    first_negative_from = _suffix_minimum(ops.where(sorted_is_negative, positions, batch_size))
-    first_negative_after = ops.concatenate([first_negative_from[:, 1:], past_end], axis=1)
-    semihard_position = ops.take_along_axis(first_negative_after, tie_group_end, axis=1)
+    ends_as_int = ops.cast(ends_tie_group, "int32")
+    tie_group = ops.cumsum(ends_as_int, axis=1) - ends_as_int
+    tie_group_end = ops.take_along_axis(_flagged_positions(ends_tie_group, positions), tie_group, axis=1)
+    negatives_up_to = ops.cumsum(ops.cast(sorted_is_negative, "int32"), axis=1)
+    negatives_not_farther = ops.take_along_axis(negatives_up_to, tie_group_end, axis=1)
+    semihard_position = ops.take_along_axis(
+        _flagged_positions(sorted_is_negative, positions), negatives_not_farther, axis=1
+    )
 
     # No farther negative: the farthest one; no negative at all: position 0, the row's smallest entry.
     farthest_negative = ops.max(ops.where(sorted_is_negative, positions, 0), axis=1, keepdims=True)
     chosen_position = ops.where(semihard_position < batch_size, semihard_position, farthest_negative)
     return order, sorted_distances, ops.take_along_axis(sorted_distances, chosen_position, axis=1)
-
-
-def _check_metric(distance_metric):
-    resolve_pairwise_metric(distance_metric)
-    return distance_metric
 
 
 def _metric_config(distance_metric):
@@ -118,7 +121,8 @@ class _TripletLoss(keras.losses.Loss):
     def __init__(self, margin=1.0, distance_metric="L2", name=None, **kwargs):
         super().__init__(name=name, **kwargs)
         self.margin = float(margin)
-        self.distance_metric = _check_metric(_metric_from_config(distance_metric))
+        self.distance_metric = _metric_from_config(distance_metric)
+        resolve_pairwise_metric(self.distance_metric)  # an unknown name fails here, not at the first batch
 
     def get_config(self):
         config = super().get_config()

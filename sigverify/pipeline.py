@@ -3,6 +3,7 @@ evaluation with its plots, metrics and report written into the run folder."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -19,10 +20,10 @@ from sigverify.data.index import read_index
 from sigverify.data.pairs import verification_pairs
 from sigverify.data.splits import rows_of_writers, split_writers
 from sigverify.data.synthetic import generate_synthetic_dataset
+from sigverify.distribute import is_chief
 from sigverify.errors import ConfigError
 from sigverify.evaluate import evaluate_embeddings, raw_pixel_embeddings
-from sigverify.preprocess import PreprocessConfig, load_preprocessed_images, to_backbone_input
-from sigverify.distribute import is_chief
+from sigverify.preprocess import PreprocessConfig, default_cache_dir, load_preprocessed_images, to_backbone_input
 from sigverify.report import write_report
 from sigverify.runs import RunFolder, write_json, write_text, writing
 from sigverify.train import Trainer, TrainResult
@@ -107,10 +108,13 @@ def prepare_data(config: ExperimentConfig, preprocess: PreprocessConfig) -> Expe
                           test=splits["test"], train_writers=train_writers, test_writers=test_writers, skipped=skipped)
 
 
-def embed(model: keras.Model, images: np.ndarray, backbone: str, batch_size: int = 64) -> np.ndarray:
-    """Embeddings (float32 N×D) of preprocessed uint8 images."""
-    chunks = [model.predict_on_batch(to_backbone_input(images[i : i + batch_size], backbone))
-              for i in range(0, len(images), batch_size)]
+def embed(model: keras.Model, inputs: np.ndarray, backbone: str | None, batch_size: int = 64) -> np.ndarray:
+    """Outputs (float32 N×D) of `model` for preprocessed uint8 images converted to `backbone` input, or for inputs
+    used as they are (cached features) when `backbone` is None."""
+    def prepared(chunk):
+        return chunk if backbone is None else to_backbone_input(chunk, backbone)
+
+    chunks = [model.predict_on_batch(prepared(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
     return np.concatenate([keras.ops.convert_to_numpy(c) for c in chunks]).astype(np.float32)
 
 
@@ -128,15 +132,17 @@ def environment() -> dict:
 
 def evaluate_and_report(run: RunFolder, config: ExperimentConfig, model: keras.Model, data: ExperimentData,
                         facts: dict, history: dict[str, list[float]], metric: str = "cosine",
-                        extra_plots=()) -> dict:
+                        extra_plots=(), embeddings: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Embed the test (and training) writers, compute the metrics, write plots, model, metrics and report.
 
     `facts` are the run's own records (weights used, train_seconds, params, strategy...) merged into metrics.json.
-    `extra_plots` are callables (run, test_embeddings) for experiment-specific figures.
+    `extra_plots` are (file name, draw(path, test_embeddings)) for experiment-specific figures. `embeddings` (test,
+    train) skips embedding the images when the experiment already has them.
     """
     backbone = config.model.backbone
-    test_embeddings = embed(model, data.test.images, backbone)
-    train_embeddings = embed(model, data.train.images, backbone)
+    if embeddings is None:
+        embeddings = embed(model, data.test.images, backbone), embed(model, data.train.images, backbone)
+    test_embeddings, train_embeddings = embeddings
     metrics, scores = evaluate_embeddings(test_embeddings, data.test.pairs, metric=metric,
                                           train_embeddings=train_embeddings, train_pairs=data.train.pairs)
     metrics.update({"status": "complete", "dataset": data.dataset, "layout": data.layout, "profile": config.profile,
@@ -162,7 +168,8 @@ def evaluate_and_report(run: RunFolder, config: ExperimentConfig, model: keras.M
                                                       title="Genuine vs skilled forgery pairs")
     if history:
         figures["history.png"] = lambda p: plots.plot_history(history, p)
-    for figure_name, draw in list(figures.items()) + [(name, draw) for name, draw in extra_plots]:
+    figures.update({name: (lambda p, draw=draw: draw(p, test_embeddings)) for name, draw in extra_plots})
+    for figure_name, draw in figures.items():
         with writing(run.file(figure_name)) as temporary:
             draw(temporary)
 
@@ -172,9 +179,8 @@ def evaluate_and_report(run: RunFolder, config: ExperimentConfig, model: keras.M
     with writing(run.file("model.keras")) as temporary:
         model.save(temporary)
     with writing(run.file("embeddings.npz")) as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez(handle, embeddings=test_embeddings, writer=writers, genuine=genuine, label=test_index["label"].to_numpy(),
-                     path=test_index["path"].to_numpy().astype(str))
+        np.savez(temporary, embeddings=test_embeddings, writer=writers, genuine=genuine,
+                 label=test_index["label"].to_numpy(), path=test_index["path"].to_numpy().astype(str))
     write_json(run.file("metrics.json"), metrics)
     write_text(run.file("metrics.csv"), metrics_csv(metrics))
     write_report(run, config, metrics, figures=[name for name in run.path.iterdir()])
@@ -243,3 +249,20 @@ def reference_points(model: keras.Model, data: ExperimentData, backbone: str) ->
         metrics, _ = evaluate_embeddings(embeddings, data.test.pairs, metric=metric)
         points[name] = {k: metrics[k]["max_accuracy"] for k in ("hard", "easy") if metrics.get(k)}
     return points
+
+
+def cached_features(feature_model: keras.Model, images: np.ndarray, backbone: str, cache_dir=None) -> np.ndarray:
+    """`feature_model` outputs for preprocessed images, computed once and kept on disk: keyed by the images' bytes and
+    the model's weights, so a frozen backbone's features are never computed twice for the same data."""
+    digest = hashlib.sha1(images.tobytes())
+    for weight in feature_model.weights:
+        digest.update(keras.ops.convert_to_numpy(weight).tobytes())
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    entry = cache_root / "features" / f"{feature_model.name}-{digest.hexdigest()[:20]}.npy"
+    if entry.exists():
+        return np.load(entry)
+    features = embed(feature_model, images, backbone)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with writing(entry) as temporary:
+        np.save(temporary, features)
+    return features

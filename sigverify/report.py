@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 from sigverify.config import ExperimentConfig
+from sigverify.models import MODEL_ZOO
 from sigverify.runs import RunFolder, write_text
-
-# The post's figures on skilled forgeries (max accuracy, EER), from SPEC "Results reported"; ImageNet-initialised.
-POST_FIGURES = {
-    ("resnet50", "conv4_block6_add", True): ("Small ResNet50 + skip", 0.818, 0.184),
-    ("resnet50", "conv4_block6_3_conv", True): ("Small ResNet50 (no skip)", 0.766, 0.236),
-    ("resnet50", "conv5_block3_out", True): ("ResNet50", 0.764, 0.242),
-    ("resnet50", "conv3_block4_add", True): ("Smaller ResNet50 + skip", 0.761, 0.24),
-    ("vgg16", "block3_conv1", True): ("Small VGG16", 0.721, None),
-    ("vgg16", "block5_pool", True): ("VGG16", 0.674, 0.328),
-    ("contrastive", None, True): ("Siamese contrastive baseline", 0.728, None),
-}
 
 FIGURE_CAPTIONS = [
     ("umap.png", "UMAP of the test writers' embeddings (colour = writer, marker = genuine / forgery)"),
@@ -28,9 +18,16 @@ FIGURE_CAPTIONS = [
 
 
 def post_figure(config: ExperimentConfig):
-    key = ("contrastive", None, True) if config.experiment == "contrastive" else (
-        config.model.backbone, config.model.cut_layer, config.model.normalize)
-    return POST_FIGURES.get(key)
+    """The post's (description, max accuracy, EER) on skilled forgeries for the model of this run, if it reported one."""
+    for entry in MODEL_ZOO.values():
+        if config.experiment == "contrastive":
+            matches = entry.kind == "contrastive" and entry.backbone == config.model.backbone
+        else:
+            matches = entry.kind == "cut" and (entry.backbone, entry.cut_layer, entry.normalize) == (
+                config.model.backbone, config.model.cut_layer, config.model.normalize)
+        if matches and entry.reported_max_accuracy is not None:
+            return entry.description, entry.reported_max_accuracy, entry.reported_eer
+    return None
 
 
 def _fmt(value, digits=3):
@@ -41,19 +38,22 @@ def write_report(run: RunFolder, config: ExperimentConfig, metrics: dict, figure
     names = {getattr(f, "name", str(f)) for f in figures}
     post = post_figure(config)
     lines = [f"# {config.experiment} run `{run.path.name}`", ""]
+    train = config.train
+    pairs_line = (f"- distance at test time: {metrics['distance']}; test pairs: {metrics['n_pairs']['hard']} hard "
+                  f"(genuine vs skilled), {metrics['n_pairs']['easy']} easy (genuine vs random)")
+    if "n_train_pairs" in metrics:
+        pairs_line += f"; {metrics['n_train_pairs']:,} training pairs ({metrics['training_path']})"
     lines += [
-        f"- dataset: {metrics['dataset']} (layout {metrics['layout']}); {metrics['n_train_writers']} training writers, "
-        f"{len(metrics['test_writers'])} test writers {metrics['test_writers']}",
-        f"- profile: `{config.profile}`; image {config.image.image_size}×{config.image.image_size}, "
-        f"Otsu binarization {'on' if config.image.binarize else 'off'}",
+        (f"- dataset: {metrics['dataset']} (layout {metrics['layout']}); {metrics['n_train_writers']} training "
+         f"writers, {len(metrics['test_writers'])} test writers {metrics['test_writers']}"),
+        (f"- profile: `{config.profile}`; image {config.image.image_size}×{config.image.image_size}, "
+         f"Otsu binarization {'on' if config.image.binarize else 'off'}"),
         f"- model: {metrics.get('model_description', config.model.backbone)}; {metrics.get('params', 0):,} parameters",
         f"- **weights: {metrics.get('weights', 'unknown')}**",
-        f"- training: {config.train.epochs} epochs, batch {config.train.batch_size} ({config.train.sampler} sampler), "
-        f"loss {metrics.get('loss_description', config.train.loss)}, Adam {config.train.learning_rate:g} with "
-        f"{metrics.get('schedule_description', config.train.schedule)}; {metrics.get('train_seconds', 0):.0f} s on "
-        f"{metrics.get('strategy', 'the default device')}",
-        f"- distance at test time: {metrics['distance']}; pairs: {metrics['n_pairs']['hard']} hard "
-        f"(genuine vs skilled), {metrics['n_pairs']['easy']} easy (genuine vs random)",
+        (f"- training: {train.epochs} epochs, batch {train.batch_size} ({train.sampler} sampler), loss "
+         f"{metrics.get('loss_description', train.loss)}, Adam {train.learning_rate:g} with {train.schedule} "
+         f"schedule; {metrics.get('train_seconds', 0):.0f} s on {metrics.get('strategy', 'the default device')}"),
+        pairs_line,
         "",
         "## Metrics",
         "",
@@ -72,17 +72,17 @@ def write_report(run: RunFolder, config: ExperimentConfig, metrics: dict, figure
                   + "; ".join(f"{name.replace('_', ' ')} {_fmt(v.get('hard'))} / {_fmt(v.get('easy'))}"
                               for name, v in references.items()) + "."]
     if post:
-        lines += ["", f"The post reports for **{post[0]}** on skilled forgeries: max accuracy {post[1]:.3f}"
-                  + (f", EER {post[2]:.3f}" if post[2] is not None else "")
-                  + " (ImageNet weights, CEDAR). This run: max accuracy "
-                  + _fmt((metrics.get("hard") or {}).get("max_accuracy"))
-                  + ", EER " + _fmt((metrics.get("hard") or {}).get("eer")) + "."]
-        if "imagenet" not in str(metrics.get("weights", "")).lower() or "random" in str(metrics.get("weights", "")):
-            lines.append("This run did not start from ImageNet weights, so the post's figure is not a like-for-like target.")
-    lines += ["", "Max accuracy and EER use the oracle threshold chosen on the test pairs themselves, as the post did; "
-              "the last column applies the threshold chosen on the training writers' pairs (an honest figure).", ""]
-    for notes in metrics.get("notes", []):
-        lines.append(f"- {notes}")
+        hard = metrics.get("hard") or {}
+        post_eer = f", EER {post[2]:.3f}" if post[2] is not None else ""
+        lines += ["", (f"The post reports for **{post[0]}** on skilled forgeries: max accuracy {post[1]:.3f}{post_eer} "
+                       f"(ImageNet weights, CEDAR). This run: max accuracy {_fmt(hard.get('max_accuracy'))}, "
+                       f"EER {_fmt(hard.get('eer'))}.")]
+        if not str(metrics.get("weights", "")).startswith("ImageNet"):
+            lines.append("This run did not start from ImageNet weights, so the post's figure is not a like-for-like "
+                         "target.")
+    lines += ["", ("Max accuracy and EER use the oracle threshold chosen on the test pairs themselves, as the post did; "
+                   "the last column applies the threshold chosen on the training writers' pairs (an honest figure)."),
+              ""]
     lines += ["", "## Figures", ""]
     for file_name, caption in FIGURE_CAPTIONS:
         if file_name in names:

@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import os
 import secrets
-import shutil
 from pathlib import Path
 
 import yaml
@@ -31,14 +30,9 @@ def writing(final: Path):
     temporary = atomic_path(final)
     try:
         yield temporary
-        if temporary.is_dir():
-            if final.exists():
-                shutil.rmtree(final)
         os.replace(temporary, final)
     finally:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        elif temporary.exists():
+        if temporary.exists():
             temporary.unlink()
 
 

@@ -13,9 +13,9 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
@@ -41,14 +41,16 @@ class TrainResult:
     initial_epoch: int
     batches_without_positives: int = 0
     best_epoch: int | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def learning_rate_schedule(settings: TrainSettings, steps_per_epoch: int):
     """exponential: the post's ExponentialDecay(lr, decay_steps, decay_rate) per step (with 33 steps an epoch the rate is
-    under 1e-5 by epoch 4); cosine: decays to 5% over the whole run, so every epoch still learns; constant."""
+    under 1e-5 by epoch 4); epoch-exponential: times decay_rate after each epoch; cosine: decays to 5% over the whole run, so every epoch still learns; constant."""
     if settings.schedule == "exponential":
         return keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, settings.decay_steps, settings.decay_rate)
+    if settings.schedule == "epoch-exponential":
+        return keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, steps_per_epoch, settings.decay_rate,
+                                                           staircase=True)
     if settings.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(settings.learning_rate, settings.epochs * steps_per_epoch, alpha=0.05)
     return settings.learning_rate
@@ -210,7 +212,7 @@ class Trainer:
             log.warning("%d training batches had no positive pair (loss 0 for them)", batches_without_positives)
         history = read_history(history_path) if self.write_files else {}
         best_epoch = None
-        if "val_loss" in history and history["val_loss"]:
+        if history.get("val_loss"):
             best_epoch = int(np.argmin(history["val_loss"])) + 1
         return TrainResult(history=history, train_seconds=time.perf_counter() - started, initial_epoch=initial_epoch,
                            batches_without_positives=batches_without_positives, best_epoch=best_epoch)

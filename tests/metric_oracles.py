@@ -137,6 +137,25 @@ def value_and_gradient(function, x):
     pytest.skip(f"no gradient helper for the {backend} backend")
 
 
+def compiled_results(function, x, y):
+    """function(x, y) run compiled: on TensorFlow as a graph with an unknown batch size, with and
+    without XLA; on JAX under jit."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        signature = [tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None, *y.shape[1:]], y.dtype)]
+        return [
+            ops.convert_to_numpy(tf.function(function, input_signature=signature, jit_compile=xla)(x, y))
+            for xla in (False, True)
+        ]
+    if backend == "jax":
+        import jax
+
+        return [ops.convert_to_numpy(jax.jit(function)(x, y))]
+    pytest.skip(f"no compilation helper for the {backend} backend")
+
+
 def largest_intermediate_size(function, x, y):
     """Element count of the largest tensor built by function(x, y) and its gradient in x, as traced."""
     backend = keras.backend.backend()

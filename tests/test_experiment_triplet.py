@@ -67,7 +67,7 @@ def test_smoke_run_writes_the_whole_run_folder(smoke_run):
 
 
 def test_verify_uses_the_run(smoke_run, tiny_dataset):
-    workdir, run_dir, _ = smoke_run
+    _, run_dir, _ = smoke_run
     a = tiny_dataset / "full_org" / "original_1_1.png"
     b = tiny_dataset / "full_forg" / "forgeries_1_1.png"
     out = subprocess.run([sys.executable, "-m", "sigverify.cli", "verify", "--run", str(run_dir), str(a), str(b)],

@@ -17,6 +17,7 @@ from sigverify.losses import (
     get_loss,
 )
 from tests.metric_oracles import (
+    compiled_results,
     contrastive_loss_oracle,
     hard_loss_oracle,
     largest_intermediate_size,
@@ -129,18 +130,18 @@ def test_semihard_computes_half_precision_inputs_in_float32(batch_size, dim, num
     assert to_float(half_loss) == to_float(ops.cast(reference, half_dtype))
 
 
-def test_batch_without_positive_pair_gives_zero_and_finite_gradient():
+@pytest.mark.parametrize("loss", [TripletSemiHardLoss(), TripletHardLoss()], ids=lambda loss: type(loss).__name__)
+def test_batch_without_positive_pair_gives_finite_values(loss):
     labels = np.arange(6)
-    assert int(ops.convert_to_numpy(count_positive_pairs(labels))) == 0
-    for loss in (TripletSemiHardLoss(), TripletHardLoss()):
-        value, gradient = value_and_gradient(lambda x: loss(labels, x), random_batch(6, 3, 6, seed=0)[1])
-        assert np.isfinite(value) and np.all(np.isfinite(gradient))
-    value, gradient = value_and_gradient(lambda x: TripletSemiHardLoss()(labels, x), random_batch(6, 3, 6, seed=0)[1])
-    assert value == 0.0
-    np.testing.assert_array_equal(gradient, 0.0)
+    value, gradient = value_and_gradient(lambda x: loss(labels, x), random_batch(6, 3, 6, seed=0)[1])
+    assert np.isfinite(value) and np.all(np.isfinite(gradient))
+    if isinstance(loss, TripletSemiHardLoss):
+        assert value == 0.0
+        np.testing.assert_array_equal(gradient, 0.0)
 
 
 def test_count_positive_pairs_counts_ordered_pairs():
+    assert int(ops.convert_to_numpy(count_positive_pairs(np.arange(6)))) == 0
     assert int(ops.convert_to_numpy(count_positive_pairs(np.array([0, 0, 1, 1, 1, 2])))) == 2 + 6
     assert int(ops.convert_to_numpy(count_positive_pairs(np.array([[3], [3], [3]])))) == 6
 
@@ -250,6 +251,16 @@ def test_get_loss_rejects_unknown_names_and_parameters():
         get_loss("semihard", soft=True)
     with pytest.raises(ConfigError, match="L2, squared-L2, angular"):
         get_loss("semihard", distance_metric="cosine")
+
+
+@pytest.mark.parametrize("loss", [TripletSemiHardLoss(), TripletHardLoss()], ids=lambda loss: type(loss).__name__)
+def test_triplet_losses_compile_for_any_batch_size(loss):
+    for batch_size in (2, 9, 30):
+        labels, embeddings = random_batch(batch_size, 4, 3, seed=batch_size)
+        labels = labels.astype("float32")
+        eager = to_float(loss(labels, embeddings))
+        for result in compiled_results(lambda x, y: loss(y, x), embeddings, labels):
+            assert float(result) == pytest.approx(eager, rel=1e-6)
 
 
 def test_semihard_trains_a_model_with_a_partial_last_batch():

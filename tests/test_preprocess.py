@@ -5,10 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import sigverify.preprocess as preprocess
+from sigverify import preprocess
 from sigverify.errors import ConfigError, DataError
-from sigverify.preprocess import (PreprocessConfig, binarize_otsu, load_preprocessed_images, preprocess_grey,
-                                  to_backbone_input)
+from sigverify.preprocess import (
+    PreprocessConfig,
+    binarize_otsu,
+    load_preprocessed_images,
+    preprocess_grey,
+    to_backbone_input,
+)
 
 
 def signature_on_paper(paper_shade: int, height=60, width=120) -> np.ndarray:

@@ -82,13 +82,17 @@ def image_batches(images: np.ndarray, labels: np.ndarray, batches: np.ndarray, b
     return dataset.prefetch(2).with_options(_options(deterministic=True))
 
 
-def pair_batches(features: np.ndarray, pairs_a: np.ndarray, pairs_b: np.ndarray, same: np.ndarray, batch_size: int,
-                 seed: int, epoch: int, shuffle: bool = True) -> tf.data.Dataset:
-    """((features[a], features[b]), same) batches for a Siamese model; features can be images or cached backbone features."""
+def pair_batches(inputs: np.ndarray, pairs_a: np.ndarray, pairs_b: np.ndarray, same: np.ndarray, batch_size: int,
+                 seed: int, epoch: int, backbone: str | None = None, shuffle: bool = True) -> tf.data.Dataset:
+    """((inputs[a], inputs[b]), same) batches for a Siamese model. `inputs` are cached backbone features (used as they
+    are) or preprocessed uint8 images (converted to `backbone` input)."""
     order = np.random.default_rng([seed, epoch, 2]).permutation(len(same)) if shuffle else np.arange(len(same))
-    features_tensor = tf.constant(features)
+    inputs_tensor = tf.constant(inputs)
+
+    def gather(positions):
+        batch = tf.gather(inputs_tensor, positions)
+        return batch if backbone is None else _to_backbone_input(batch, backbone)
+
     dataset = tf.data.Dataset.from_tensor_slices((pairs_a[order], pairs_b[order], same[order].astype(np.float32)))
-    dataset = dataset.batch(batch_size).map(
-        lambda a, b, y: ((tf.gather(features_tensor, a), tf.gather(features_tensor, b)), y), num_parallel_calls=2
-    )
+    dataset = dataset.batch(batch_size).map(lambda a, b, y: ((gather(a), gather(b)), y), num_parallel_calls=2)
     return dataset.prefetch(2).with_options(_options(deterministic=True))

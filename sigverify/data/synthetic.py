@@ -134,6 +134,7 @@ class _ForgerTraits:
     size_factor: float
     tremor_px: float
     tremor_correlation_px: float
+    wobble_px: float  # slower, larger drift of a hesitant hand
     blob_rate: float  # expected hesitation blobs along the path, besides stroke starts
     pen_lift_rate: float  # expected pen lifts per signature
     width_factor: float
@@ -206,7 +207,7 @@ def _writer_style(rng: np.random.Generator) -> _WriterStyle:
     letter_probability /= letter_probability.sum()
     capitals = list(_CAPITAL_GLYPHS)
 
-    letter_width = rng.uniform(0.8, 1.35)
+    letter_width = rng.uniform(0.9, 1.45)
     lowercase_height = rng.uniform(0.55, 1.05)  # low values: a flattened, barely legible scrawl
     ascender = rng.uniform(0.7, 1.15)
     capital_size = rng.uniform(0.8, 1.2)
@@ -232,11 +233,11 @@ def _writer_style(rng: np.random.Generator) -> _WriterStyle:
 
     layout = rng.choice(["first and last name", "initial and last name", "one name"], p=[0.45, 0.3, 0.25])
     if layout == "first and last name":
-        words = (word(int(rng.integers(2, 6)), 0.0), word(int(rng.integers(3, 7)), rng.uniform(0.5, 1.4)))
+        words = (word(int(rng.integers(3, 7)), 0.0), word(int(rng.integers(4, 8)), rng.uniform(0.5, 1.4)))
     elif layout == "initial and last name":
-        words = (word(0, 0.0), word(int(rng.integers(3, 8)), rng.uniform(0.3, 1.0)))
+        words = (word(0, 0.0), word(int(rng.integers(4, 9)), rng.uniform(0.3, 1.0)))
     else:
-        words = (word(int(rng.integers(4, 9)), 0.0),)
+        words = (word(int(rng.integers(5, 10)), 0.0),)
     flourish = str(rng.choice(["none", "underline", "tail"], p=[0.4, 0.3, 0.3]))
 
     n_letters = sum(len(w.glyphs) for w in words)
@@ -248,7 +249,7 @@ def _writer_style(rng: np.random.Generator) -> _WriterStyle:
         slant=rng.uniform(-0.15, 0.55),
         rotation_deg=rng.normal(0.0, 2.0),
         x_stretch=rng.uniform(0.85, 1.2),
-        x_height_px=rng.uniform(330.0, 740.0) / name_width,
+        x_height_px=rng.uniform(280.0, 560.0) / name_width,
         consistency=rng.uniform(0.02, 0.04),
         elastic_amplitude=rng.uniform(0.02, 0.05),
         stroke_width_px=rng.uniform(1.6, 3.8),
@@ -271,11 +272,12 @@ def _forger_traits(style: _WriterStyle, rng: np.random.Generator) -> _ForgerTrai
         slant_offset=rng.normal(0.0, 0.12),
         rotation_offset_deg=rng.normal(0.0, 2.5),
         size_factor=float(np.clip(rng.normal(1.0, 0.07), 0.8, 1.2)),
-        tremor_px=rng.uniform(0.3, 1.1),
-        tremor_correlation_px=rng.uniform(1.5, 4.0),
-        blob_rate=rng.uniform(0.5, 3.0),
-        pen_lift_rate=rng.uniform(0.0, 2.0),
-        width_factor=rng.uniform(0.75, 1.1),
+        tremor_px=rng.uniform(0.4, 1.3),
+        tremor_correlation_px=rng.uniform(2.0, 5.0),
+        wobble_px=rng.uniform(0.5, 1.5),
+        blob_rate=rng.uniform(1.0, 4.0),
+        pen_lift_rate=rng.uniform(0.5, 2.5),
+        width_factor=rng.uniform(0.7, 1.25),
         ink_level=float(np.clip(style.ink_level + rng.normal(0.0, 25.0), 15.0, 120.0)),
     )
 
@@ -413,10 +415,10 @@ def _fit_to_page(paths: list[np.ndarray], scale_px: float, rng: np.random.Genera
     all_points = np.concatenate(paths)
     extent = np.ptp(all_points, axis=0)
     scale_px = min(scale_px, (MAX_WIDTH - 2 * margin_px) / (1.12 * extent[0]),
-                   (MAX_HEIGHT - 2 * margin_px) / (1.7 * extent[1]))
+                   (MAX_HEIGHT - 2 * margin_px) / (1.9 * extent[1]))
     ink_width, ink_height = extent * scale_px
     left, right = (rng.uniform(0.015, 0.06, 2) * ink_width + margin_px)
-    top, bottom = (rng.uniform(0.08, 0.3, 2) * ink_height + margin_px)
+    top, bottom = (rng.uniform(0.1, 0.45, 2) * ink_height + margin_px)
     width = ink_width + left + right
     height = ink_height + top + bottom
     if height < MIN_HEIGHT:
@@ -476,7 +478,8 @@ def _forged_signature(style: _WriterStyle, forger: _ForgerTraits, rng: np.random
         # Slow, careful copying: a shaky line, flatter pressure, blunt ends.
         tremor = forger.tremor_px * rng.uniform(0.7, 1.3) * _smooth_noise(rng, len(path),
                                                                           forger.tremor_correlation_px)
-        path = path + tremor[:, None] * normals
+        wobble = forger.wobble_px * _smooth_noise(rng, len(path), 15.0)
+        path = path + (tremor + wobble)[:, None] * normals
         widths = (width_px * (1 + 0.3 * style.downstroke_pressure * tangents[:, 1])
                   * (1 + 0.5 * style.pressure_variation * _smooth_noise(rng, len(path), 12.0))
                   * _taper(len(path), 2.0))
@@ -487,7 +490,7 @@ def _forged_signature(style: _WriterStyle, forger: _ForgerTraits, rng: np.random
                 starts.append(int(lift))
         pieces = np.split(np.arange(len(path)), starts[1:])
         for piece_index, piece in enumerate(pieces):
-            gap = int(rng.integers(1, 5)) if piece_index > 0 else 0
+            gap = int(rng.integers(2, 7)) if piece_index > 0 else 0
             piece = piece[gap:]
             if len(piece) < 2:
                 continue

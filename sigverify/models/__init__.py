@@ -14,13 +14,18 @@ from sigverify.models.embedding import (
     cut_layer_names,
     minimum_image_size,
     resolve_weights,
+    unfreeze_backbone_from,
     validate_model_settings,
+    validate_pretrained_settings,
+    validate_unfreeze_layer,
     validate_zoo_model,
 )
+from sigverify.models.siamese import PairDistance, build_siamese
 
 __all__ = [
     "BACKBONES",
     "MODEL_ZOO",
+    "PairDistance",
     "ZooModel",
     "build_base_cnn",
     "build_base_unet",
@@ -28,10 +33,14 @@ __all__ = [
     "build_contrastive_head",
     "build_embedding_model",
     "build_pretrained_baseline",
+    "build_siamese",
     "build_zoo_model",
     "cut_layer_names",
     "minimum_image_size",
     "resolve_weights",
+    "unfreeze_backbone_from",
     "validate_model_settings",
+    "validate_pretrained_settings",
+    "validate_unfreeze_layer",
     "validate_zoo_model",
 ]

@@ -4,12 +4,14 @@ Base UNet, the contrastive baseline, and a catalogue (`MODEL_ZOO`) of the post's
 The shared head of every triplet model: Conv2D(64, 3×3, same, linear) → MaxPool(2) → Conv2D(32, 3×3, same, linear) →
 MaxPool(2, valid) → Flatten → Dense(embedding_dim, linear) → L2 normalization (in float32). Valid pooling is what gives
 the parameter counts of the post (Small ResNet50 9,271,520 at 224×224×3); the features at the cut therefore need at
-least 4×4 pixels.
+least 4×4 pixels. A cut model is one flat functional graph (the backbone's layers up to the cut, then `head_*`
+layers), so Grad-CAM and layer look-ups reach the backbone's convolutions directly.
 
 Base CNN (trained from scratch, 1,696,320 parameters at 224×224×3; the post's was 1.68M): a VGG-like stack of 3×3
 convolutions without bias, each followed by BatchNorm and ReLU, in four stages of 32, 64, 128 and 256 channels with 1,
 1, 2 and 2 convolutions, a 2×2 max-pool after each of the first three stages (features at 1/8 of the image size, 28×28
-at 224), then the shared head. Images of at least 32×32 pixels.
+at 224), then the shared head, so that it differs from the cut models only in its trunk. Like theirs, its count depends
+on the image size through the head's Dense (1,327,680 at 64×64). Images of at least 32×32 pixels.
 
 Base UNet (trained from scratch, 1,283,272 parameters at any image size; the post's was 1.29M): a U-Net encoder of three
 levels (24, 48, 96 channels; two 3×3 conv-BatchNorm-ReLU each, 2×2 max-pool after each) to a 192-channel bottleneck at
@@ -79,7 +81,7 @@ def _imagenet_download_error(backbone: str) -> str | None:
     Building the backbone is the only public way to fetch the file; cached so that one run tries once."""
     try:
         _backbone(backbone).constructor(include_top=False, weights="imagenet", input_shape=(None, None, 3))
-    except Exception as error:  # whatever stops the download (Keras raises a bare Exception) means "not available"
+    except Exception as error:  # noqa: BLE001 - Keras raises a bare Exception when the download fails
         return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     return None
 
@@ -395,6 +397,33 @@ def build_contrastive_embedding_model(
         raise ConfigError(f"contrastive head takes {head.input.shape[-1]} features but {backbone} gives {feature_dim}")
     image = keras.Input(shape=tuple(input_shape), name="image")
     return keras.Model(image, head(features(image)), name=f"contrastive_{backbone}")
+
+
+def validate_pretrained_settings(backbone: str, image_size: int | tuple[int, int]) -> None:
+    """The whole backbone with global pooling (pretrained and contrastive baselines) needs a known backbone and
+    keras.applications' minimum image size."""
+    _backbone(backbone)
+    height, width = _image_hw(image_size)
+    if min(height, width) < KERAS_APPLICATIONS_MIN_SIZE:
+        raise ConfigError(f"image size {height}x{width} is too small for {backbone}: expected at least "
+                          f"{KERAS_APPLICATIONS_MIN_SIZE}x{KERAS_APPLICATIONS_MIN_SIZE}")
+
+
+def validate_unfreeze_layer(backbone: str, layer_name: str) -> None:
+    names = cut_layer_names(_backbone(backbone).name)
+    if layer_name not in names:
+        raise ConfigError(f"--unfreeze-from {layer_name}: not a layer of {backbone} to fine-tune from; expected one of "
+                          f"{_summarize_names(names)}")
+
+
+def unfreeze_backbone_from(backbone_model: keras.Model, backbone: str, layer_name: str) -> None:
+    """Make `layer_name` and every later layer of a (frozen) backbone trainable, the earlier ones frozen."""
+    validate_unfreeze_layer(backbone, layer_name)
+    names = [layer.name for layer in backbone_model.layers]
+    backbone_model.trainable = True
+    start = names.index(layer_name)
+    for position, layer in enumerate(backbone_model.layers):
+        layer.trainable = position >= start
 
 
 # The catalogue

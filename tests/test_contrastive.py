@@ -1,0 +1,76 @@
+"""The contrastive baseline: training the head on cached backbone features is the same model as the naive Siamese
+network on images (same loss, same gradients), and the experiment writes a complete run folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sigverify.losses import ContrastiveLoss
+from sigverify.models import build_contrastive_embedding_model, build_siamese
+from sigverify.pipeline import cached_features
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_cached_feature_path_equals_the_naive_siamese_path(tmp_path):
+    keras.utils.set_random_seed(0)
+    embedding = build_contrastive_embedding_model("resnet50", (32, 32, 3), weights=None, embedding_dim=8, dropout=0.0)
+    head, frozen = embedding.get_layer("contrastive_head"), embedding.get_layer("pretrained_resnet50")
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-120, 130, size=(6, 32, 32, 3)).astype("float32")
+    first, second = np.array([0, 1, 2, 3]), np.array([1, 2, 4, 5])
+    same = np.array([1.0, 0.0, 1.0, 0.0], dtype="float32")
+    loss_fn = ContrastiveLoss(margin=0.5)
+
+    def loss_and_gradients(model, inputs):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(same, model(inputs, training=True))
+        return float(loss), [g.numpy() for g in tape.gradient(loss, head.trainable_weights)]
+
+    naive_loss, naive_gradients = loss_and_gradients(build_siamese(embedding), [images[first], images[second]])
+    features = frozen.predict_on_batch(images)
+    cached_loss, cached_gradients = loss_and_gradients(build_siamese(head), [features[first], features[second]])
+    assert naive_loss > 0
+    np.testing.assert_allclose(cached_loss, naive_loss, rtol=1e-5)
+    assert len(naive_gradients) == len(cached_gradients) == len(head.trainable_weights)
+    for naive, cached in zip(naive_gradients, cached_gradients):
+        np.testing.assert_allclose(cached, naive, rtol=1e-4, atol=1e-6)
+    trainable = {id(w) for w in embedding.trainable_weights}
+    assert trainable == {id(w) for w in head.trainable_weights}, "only the head trains: the backbone is frozen"
+
+
+def test_features_are_cached_on_disk(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs), name="tiny")
+    data = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    first = cached_features(model, data, None, tmp_path)
+    assert len(list((tmp_path / "features").glob("tiny-*.npy"))) == 1
+    monkeypatch.setattr(model, "predict_on_batch", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
+    np.testing.assert_array_equal(cached_features(model, data, None, tmp_path), first)
+
+
+def test_smoke_run_writes_the_run_folder(tmp_path):
+    from sigverify.data.synthetic import generate_synthetic_dataset
+
+    data = generate_synthetic_dataset(tmp_path / "data", n_writers=10, n_samples=6, seed=2, progress=False)
+    env = dict(os.environ, SIGVERIFY_CACHE=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "contrastive.py"), "--profile", "smoke", "--data",
+                          str(data), "--runs", str(tmp_path / "runs")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    run_dir = (tmp_path / "runs" / "contrastive" / "latest").resolve()
+    for name in ("metrics.json", "report.md", "model.keras", "embedding_3d.png", "density_hard.png", "roc.png",
+                 "history.png", "embeddings.npz", "config.yaml"):
+        assert (run_dir / name).stat().st_size > 0, name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["training_path"] == "cached backbone features"
+    assert metrics["n_train_pairs"] == 4 * 15 * 3 and metrics["hard"]["max_accuracy"] >= 0.0
+    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 128)
