@@ -434,15 +434,32 @@ def _fit_to_page(paths: list[np.ndarray], scale_px: float, rng: np.random.Genera
     return placed, (int(np.ceil(height)), int(np.ceil(width)))
 
 
-def _genuine_signature(style: _WriterStyle, rng: np.random.Generator, noise_tile: np.ndarray) -> np.ndarray:
-    control = _compose_strokes(style, rng, style.consistency, forger=None)
+def _signature_paths(style: _WriterStyle, forger: _ForgerTraits | None, rng: np.random.Generator,
+                     margin_px: float) -> tuple[list[np.ndarray], tuple[int, int]]:
+    """Pen paths of one signature in page pixels, and the page size (height, width).
+
+    The same writer varies from sample to sample in control points, elastic warp, slant, rotation and
+    scale; a forger adds misplaced control points, letter widths and heights, slant, rotation and size.
+    """
+    jitter, slant, rotation_deg = style.consistency, style.slant, style.rotation_deg
+    x_stretch, size = style.x_stretch, style.x_height_px
+    if forger is not None:
+        jitter *= 1.2
+        slant += forger.slant_offset
+        rotation_deg += forger.rotation_offset_deg
+        x_stretch *= forger.x_stretch_factor
+        size *= forger.size_factor
+    control = _compose_strokes(style, rng, jitter, forger)
     paths = _deform([_catmull_rom(points) for points in control], rng, style.elastic_amplitude,
-                    slant=style.slant + rng.normal(0.0, 0.04),
-                    rotation_deg=float(np.clip(style.rotation_deg + rng.normal(0.0, 2.0), -5.0, 5.0)),
-                    x_scale=style.x_stretch * rng.normal(1.0, 0.04), y_scale=rng.normal(1.0, 0.04))
+                    slant=slant + rng.normal(0.0, 0.03),
+                    rotation_deg=float(np.clip(rotation_deg + rng.normal(0.0, 1.5), -6.0, 6.0)),
+                    x_scale=x_stretch * rng.normal(1.0, 0.03), y_scale=rng.normal(1.0, 0.03))
+    return _fit_to_page(paths, size * rng.normal(1.0, 0.05), rng, margin_px)
+
+
+def _genuine_signature(style: _WriterStyle, rng: np.random.Generator, noise_tile: np.ndarray) -> np.ndarray:
     width_px = style.stroke_width_px * rng.uniform(0.85, 1.15)
-    margin_px = width_px + 2
-    paths, page_size = _fit_to_page(paths, style.x_height_px * rng.normal(1.0, 0.05), rng, margin_px)
+    paths, page_size = _signature_paths(style, None, rng, margin_px=width_px + 2)
 
     pen_strokes = []
     for path in paths:
@@ -458,17 +475,8 @@ def _genuine_signature(style: _WriterStyle, rng: np.random.Generator, noise_tile
 
 def _forged_signature(style: _WriterStyle, forger: _ForgerTraits, rng: np.random.Generator,
                       noise_tile: np.ndarray) -> np.ndarray:
-    control = _compose_strokes(style, rng, 1.2 * style.consistency, forger=forger)
-    paths = _deform([_catmull_rom(points) for points in control], rng, style.elastic_amplitude,
-                    slant=style.slant + forger.slant_offset + rng.normal(0.0, 0.04),
-                    rotation_deg=float(np.clip(style.rotation_deg + forger.rotation_offset_deg
-                                               + rng.normal(0.0, 2.0), -6.0, 6.0)),
-                    x_scale=style.x_stretch * forger.x_stretch_factor * rng.normal(1.0, 0.04),
-                    y_scale=rng.normal(1.0, 0.04))
     width_px = style.stroke_width_px * forger.width_factor * rng.uniform(0.85, 1.15)
-    margin_px = 2 * width_px + 2
-    paths, page_size = _fit_to_page(paths, style.x_height_px * forger.size_factor * rng.normal(1.0, 0.05), rng,
-                                    margin_px)
+    paths, page_size = _signature_paths(style, forger, rng, margin_px=2 * width_px + 3)
 
     pen_strokes, blobs = [], []
     for path in paths:
@@ -483,13 +491,9 @@ def _forged_signature(style: _WriterStyle, forger: _ForgerTraits, rng: np.random
         widths = (width_px * (1 + 0.3 * style.downstroke_pressure * tangents[:, 1])
                   * (1 + 0.5 * style.pressure_variation * _smooth_noise(rng, len(path), 12.0))
                   * _taper(len(path), 2.0))
-        starts = [0]
-        n_lifts = min(rng.poisson(forger.pen_lift_rate * len(path) / 1500.0), len(path) // 60)
-        for lift in np.sort(rng.choice(np.arange(20, len(path) - 20), n_lifts, replace=False)) if n_lifts else []:
-            if lift - starts[-1] > 10:
-                starts.append(int(lift))
-        pieces = np.split(np.arange(len(path)), starts[1:])
-        for piece_index, piece in enumerate(pieces):
+        n_lifts = rng.poisson(forger.pen_lift_rate * len(path) / 1500.0) if len(path) > 60 else 0
+        lift_points = np.unique(rng.integers(20, len(path) - 20, n_lifts))
+        for piece_index, piece in enumerate(np.split(np.arange(len(path)), lift_points)):
             gap = int(rng.integers(2, 7)) if piece_index > 0 else 0
             piece = piece[gap:]
             if len(piece) < 2:
