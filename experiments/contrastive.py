@@ -15,7 +15,7 @@ import numpy as np
 from sigverify.config import CONTRASTIVE_PROFILES
 from sigverify.data.feed import pair_batches
 from sigverify.distances import evaluation_metric_for
-from sigverify.distribute import describe_strategy, is_chief, make_strategy, set_precision
+from sigverify.distribute import describe_strategy, is_chief
 from sigverify.experiment import run_experiment
 from sigverify.losses import ContrastiveLoss
 from sigverify.models import (
@@ -26,25 +26,22 @@ from sigverify.models import (
     validate_pretrained_settings,
     validate_unfreeze_layer,
 )
-from sigverify.pipeline import cached_features, embed, environment, evaluate_and_report, prepare_data
+from sigverify.pipeline import cached_features, embed, environment, evaluate_and_report, prepare_experiment
 from sigverify.plots import plot_embedding_3d
-from sigverify.preprocess import PreprocessConfig
 from sigverify.train import Trainer, make_optimizer
 
 
 def prepare(config):
-    strategy = make_strategy(config.train.strategy, config.train.cpu_devices)
-    precision = set_precision(config.train.mixed_precision)
-    validate_pretrained_settings(config.model.backbone, config.image.image_size)
-    if config.model.unfreeze_from:
-        validate_unfreeze_layer(config.model.backbone, config.model.unfreeze_from)
-    image = config.image
-    data = prepare_data(config, PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect))
-    return strategy, precision, data
+    def check_settings():
+        validate_pretrained_settings(config.model.backbone, config.image.image_size)
+        if config.model.unfreeze_from:
+            validate_unfreeze_layer(config.model.backbone, config.model.unfreeze_from)
+
+    return prepare_experiment(config, check_settings)
 
 
 def train_and_evaluate(run, config, prepared):
-    strategy, precision, data = prepared
+    strategy, data = prepared.strategy, prepared.data
     size, backbone, train = config.image.image_size, config.model.backbone, config.train
     with strategy.scope():
         weights, weights_description = resolve_weights(config.model.weights, backbone)
@@ -87,7 +84,7 @@ def train_and_evaluate(run, config, prepared):
         "train_seconds": result.train_seconds,
         "epochs_resumed_from": result.initial_epoch,
         "strategy": describe_strategy(strategy),
-        "precision": precision,
+        "precision": prepared.precision,
         "environment": environment(),
     }
     metric = evaluation_metric_for(train.distance_metric, l2_normalized=True)

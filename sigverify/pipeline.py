@@ -20,13 +20,15 @@ from sigverify.data.index import read_index
 from sigverify.data.pairs import verification_pairs
 from sigverify.data.splits import rows_of_writers, split_writers
 from sigverify.data.synthetic import generate_synthetic_dataset
-from sigverify.distribute import is_chief
+from sigverify.distances import evaluation_metric_for
+from sigverify.distribute import describe_strategy, is_chief, make_strategy, set_precision
 from sigverify.errors import ConfigError
 from sigverify.evaluate import evaluate_embeddings, raw_pixel_embeddings
+from sigverify.losses import count_positive_pairs
 from sigverify.preprocess import PreprocessConfig, default_cache_dir, load_preprocessed_images, to_backbone_input
 from sigverify.report import write_report
 from sigverify.runs import RunFolder, write_json, write_text, writing
-from sigverify.train import Trainer, TrainResult
+from sigverify.train import Trainer, TrainResult, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -266,3 +268,55 @@ def cached_features(feature_model: keras.Model, images: np.ndarray, backbone: st
     with writing(entry) as temporary:
         np.save(temporary, features)
     return features
+
+
+@dataclass
+class Prepared:
+    """What an experiment has before its run folder exists: the strategy, the precision policy and the data."""
+
+    strategy: object
+    precision: str
+    data: ExperimentData
+
+
+def prepare_experiment(config: ExperimentConfig, check_settings=None) -> Prepared:
+    """Strategy first (logical CPU devices must be set before TensorFlow starts), precision, the experiment's own
+    settings check (`check_settings()`, raising ConfigError), then data and preprocessing: all before any run folder."""
+    strategy = make_strategy(config.train.strategy, config.train.cpu_devices)
+    precision = set_precision(config.train.mixed_precision)
+    if check_settings is not None:
+        check_settings()
+    image = config.image
+    preprocess = PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect)
+    return Prepared(strategy, precision, prepare_data(config, preprocess))
+
+
+def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepared, build_model, build_loss,
+                     loss_description: str) -> dict:
+    """Online-mining training of an embedding model on labelled images, then evaluation and report.
+
+    `build_model()` → (model, weights description, model description) and `build_loss()` → loss are called inside the
+    strategy's scope (a loss may own variables)."""
+    strategy, data = prepared.strategy, prepared.data
+    with strategy.scope():
+        model, weights_description, model_description = build_model()
+        loss = build_loss()
+        optimizer = make_optimizer(config.train, steps_per_epoch=len(training_batches(data.train.labels, config, 0)))
+    references = reference_points(model, data, config.model.backbone)
+    result = fit_on_labelled_images(run, config, strategy, data, model, loss, optimizer,
+                                    batch_has_signal=lambda labels: count_positive_pairs(labels) > 0)
+    facts = {
+        "weights": weights_description,
+        "params": model.count_params(),
+        "model_description": model_description,
+        "loss_description": loss_description,
+        "train_seconds": result.train_seconds,
+        "epochs_resumed_from": result.initial_epoch,
+        "batches_without_positives": result.batches_without_positives,
+        "strategy": describe_strategy(strategy),
+        "precision": prepared.precision,
+        "environment": environment(),
+        "reference_points": references,
+    }
+    metric = evaluation_metric_for(config.train.distance_metric, l2_normalized=config.model.normalize)
+    return evaluate_and_report(run, config, model, data, facts, result.history, metric=metric)

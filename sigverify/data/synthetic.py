@@ -118,6 +118,7 @@ class _WriterStyle:
     pressure_variation: float
     taper_px: float  # length over which a fast stroke thins out at its start and end
     ink_level: float
+    page_margins: np.ndarray  # left, right, top, bottom blank space as fractions of the ink's width or height
     n_forgers: int
 
 
@@ -139,6 +140,7 @@ class _ForgerTraits:
     pen_lift_rate: float  # expected pen lifts per signature
     width_factor: float
     ink_level: float
+    page_margins: np.ndarray  # the forger's own sheet and scan
 
 
 def generate_synthetic_dataset(out_dir, n_writers: int = 55, n_samples: int = 24, seed: int = 0,
@@ -257,8 +259,14 @@ def _writer_style(rng: np.random.Generator) -> _WriterStyle:
         pressure_variation=rng.uniform(0.05, 0.2),
         taper_px=rng.uniform(6.0, 22.0),
         ink_level=rng.uniform(15.0, 110.0),
+        page_margins=_page_margins(rng),
         n_forgers=int(rng.integers(2, 5)),
     )
+
+
+def _page_margins(rng: np.random.Generator) -> np.ndarray:
+    """How one person places a signature on the sheet (and one scan crops it): fractions of the ink extent."""
+    return np.concatenate([rng.uniform(0.015, 0.06, 2), rng.uniform(0.1, 0.45, 2)])
 
 
 def _forger_traits(style: _WriterStyle, rng: np.random.Generator) -> _ForgerTraits:
@@ -279,6 +287,7 @@ def _forger_traits(style: _WriterStyle, rng: np.random.Generator) -> _ForgerTrai
         pen_lift_rate=rng.uniform(0.5, 2.5),
         width_factor=rng.uniform(0.7, 1.25),
         ink_level=float(np.clip(style.ink_level + rng.normal(0.0, 25.0), 15.0, 120.0)),
+        page_margins=_page_margins(rng),
     )
 
 
@@ -409,16 +418,20 @@ def _taper(length: int, taper_px: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- signatures
 
 
-def _fit_to_page(paths: list[np.ndarray], scale_px: float, rng: np.random.Generator,
+def _fit_to_page(paths: list[np.ndarray], scale_px: float, page_margins: np.ndarray, rng: np.random.Generator,
                  margin_px: float) -> tuple[list[np.ndarray], tuple[int, int]]:
-    """Paths in image pixels (y down) with CEDAR-like margins, and the page size (height, width)."""
+    """Paths in image pixels (y down) with CEDAR-like margins, and the page size (height, width).
+
+    page_margins are fractions of the ink's extent; margin_px is added on every side so that thick
+    strokes and blobs stay on the page.
+    """
     all_points = np.concatenate(paths)
     extent = np.ptp(all_points, axis=0)
     scale_px = min(scale_px, (MAX_WIDTH - 2 * margin_px) / (1.12 * extent[0]),
                    (MAX_HEIGHT - 2 * margin_px) / (1.9 * extent[1]))
     ink_width, ink_height = extent * scale_px
-    left, right = (rng.uniform(0.015, 0.06, 2) * ink_width + margin_px)
-    top, bottom = (rng.uniform(0.1, 0.45, 2) * ink_height + margin_px)
+    fractions = np.maximum(page_margins + rng.normal(0.0, 1.0, 4) * (0.015, 0.015, 0.08, 0.08), 0.0)
+    left, right, top, bottom = fractions * (ink_width, ink_width, ink_height, ink_height) + margin_px
     width = ink_width + left + right
     height = ink_height + top + bottom
     if height < MIN_HEIGHT:
@@ -442,19 +455,20 @@ def _signature_paths(style: _WriterStyle, forger: _ForgerTraits | None, rng: np.
     scale; a forger adds misplaced control points, letter widths and heights, slant, rotation and size.
     """
     jitter, slant, rotation_deg = style.consistency, style.slant, style.rotation_deg
-    x_stretch, size = style.x_stretch, style.x_height_px
+    x_stretch, size, page_margins = style.x_stretch, style.x_height_px, style.page_margins
     if forger is not None:
         jitter *= 1.2
         slant += forger.slant_offset
         rotation_deg += forger.rotation_offset_deg
         x_stretch *= forger.x_stretch_factor
         size *= forger.size_factor
+        page_margins = forger.page_margins
     control = _compose_strokes(style, rng, jitter, forger)
     paths = _deform([_catmull_rom(points) for points in control], rng, style.elastic_amplitude,
                     slant=slant + rng.normal(0.0, 0.03),
                     rotation_deg=float(np.clip(rotation_deg + rng.normal(0.0, 1.5), -6.0, 6.0)),
                     x_scale=x_stretch * rng.normal(1.0, 0.03), y_scale=rng.normal(1.0, 0.03))
-    return _fit_to_page(paths, size * rng.normal(1.0, 0.05), rng, margin_px)
+    return _fit_to_page(paths, size * rng.normal(1.0, 0.05), page_margins, rng, margin_px)
 
 
 def _genuine_signature(style: _WriterStyle, rng: np.random.Generator, noise_tile: np.ndarray) -> np.ndarray:
