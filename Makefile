@@ -15,6 +15,8 @@ STRATEGY ?=
 CPU_DEVICES ?=
 MIXED_PRECISION ?=
 JIT ?=
+MODELS ?=
+SEEDS ?=
 export SIGVERIFY_CACHE ?= $(CURDIR)/data/cache
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -23,7 +25,7 @@ EXPERIMENT_FLAGS = --profile $(PROFILE) --runs $(RUNS) \
 	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(CPU_DEVICES),--cpu-devices $(CPU_DEVICES)) \
 	$(if $(filter 1,$(MIXED_PRECISION)),--mixed-precision) $(if $(filter 1,$(JIT)),--jit) $(ARGS)
 
-.PHONY: install exp-triplet exp-contrastive data-synthetic test lint clean-cache
+.PHONY: install exp-triplet exp-contrastive exp-models data-synthetic test lint clean-cache
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +44,10 @@ exp-triplet: install
 
 exp-contrastive: install
 	$(PY) experiments/contrastive.py $(EXPERIMENT_FLAGS)
+
+# MODELS=small_resnet50,base_cnn picks zoo models (default: all but the contrastive one); SEEDS=3 repeats each.
+exp-models: install
+	$(PY) experiments/models.py $(EXPERIMENT_FLAGS) $(if $(MODELS),--zoo $(MODELS)) $(if $(SEEDS),--seeds $(SEEDS))
 
 test: install
 	$(PY) -m pytest -q

@@ -32,22 +32,10 @@ def _synthetic(args) -> int:
 
 
 def _baseline(args) -> int:
-    """Max accuracy of cosine distance on raw preprocessed pixels over the test writers' pairs: how hard a set is."""
-    from sigverify.data.index import read_index
-    from sigverify.data.pairs import verification_pairs
-    from sigverify.data.splits import rows_of_writers, split_writers
-    from sigverify.evaluate import evaluate_embeddings, raw_pixel_embeddings
-    from sigverify.preprocess import PreprocessConfig, load_preprocessed_images
+    from sigverify.data.hardness import raw_pixel_baseline
 
-    index = read_index(args.data)
-    _, test_writers = split_writers(index["writer"].unique())
-    test = rows_of_writers(index, test_writers)
-    config = PreprocessConfig((args.image_size, args.image_size), binarize=args.binarize)
-    images, kept, _ = load_preprocessed_images(test["path"].tolist(), config, args.cache_dir)
-    metrics, _ = evaluate_embeddings(raw_pixel_embeddings(images), verification_pairs(test[kept].reset_index(drop=True)))
-    result = {"data": str(args.data), "image_size": args.image_size, "binarize": args.binarize,
-              "test_writers": test_writers, "n_pairs": metrics["n_pairs"],
-              **{f"{name}_max_accuracy": (metrics[name] or {}).get("max_accuracy") for name in ("hard", "easy")}}
+    result = raw_pixel_baseline(args.data, args.image_size, args.binarize, test_writers_only=not args.all_writers,
+                                cache_dir=args.cache_dir)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -84,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--data", required=True)
     baseline.add_argument("--image-size", type=int, default=128)
     baseline.add_argument("--binarize", action=argparse.BooleanOptionalAction, default=True)
+    baseline.add_argument("--all-writers", action="store_true", help="pairs of every writer, not only the test writers")
     baseline.add_argument("--cache-dir", default=None)
     baseline.set_defaults(handler=_baseline)
 

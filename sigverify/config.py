@@ -30,6 +30,8 @@ class DataSettings:
     max_writers: int | None = None  # keep only the first N train and N test writers (smoke runs)
     max_samples: int | None = None  # keep only the first N genuine and N forged images per writer
     cache_dir: str | None = None
+    folds: int = 1  # k > 1: k writer-disjoint folds, each in turn the test writers (CEDAR, k = 5: fold 0 is the post's)
+    fold: int | None = None  # with folds > 1: run this fold only (None: every fold, one sub-run each)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class ModelSettings:
     normalize: bool = True
     embedding_dim: int = 256
     unfreeze_from: str | None = None  # contrastive: fine-tune the backbone from this layer on (image path)
+    zoo: str | None = None  # models experiment: comma-separated MODEL_ZOO names (None: every triplet model and baseline)
 
 
 @dataclass
@@ -56,14 +59,19 @@ class TrainSettings:
     sampler: str = "shuffled"  # the original: shuffled batches from all training classes
     classes_per_batch: int = 16  # P of the P×K sampler
     images_per_class: int = 4  # K of the P×K sampler
-    loss: str = "semihard"
-    margin: float = 1.0
+    loss: str = "semihard"  # a name of sigverify.losses.LOSSES
+    losses: str | None = None  # losses experiment: comma-separated loss names (None: all of them)
+    margin: float = 1.0  # triplet, quadruplet (first margin) and contrastive losses
+    margin2: float = 0.5  # quadruplet loss: the margin of the negative-pair term
+    scale: float | None = None  # margin-softmax losses: s (None: the loss's own default)
+    softmax_margin: float | None = None  # margin-softmax losses: m (None: the loss's own default)
     distance_metric: str = "L2"
     learning_rate: float = 1e-3
     schedule: str = "exponential"
     decay_steps: int = 10
     decay_rate: float = 0.7
     seed: int = 0
+    seeds: int = 1  # repeat each run with seeds seed, seed + 1, …, seed + seeds - 1 (one sub-run each)
     deterministic: bool = False
     strategy: str = "auto"
     cpu_devices: int | None = None
@@ -83,6 +91,7 @@ class ExperimentConfig:
     profile: str = "quick"
     runs: str = "runs"
     resume: str | None = None
+    backend: str | None = None  # the Keras backend the run trains on, recorded when it starts (None: TensorFlow)
     data: DataSettings = field(default_factory=DataSettings)
     image: ImageSettings = field(default_factory=ImageSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -140,6 +149,44 @@ CONTRASTIVE_PROFILES = _merged(
 )
 
 
+# Profiles of the model zoo (every MODEL_ZOO model under one triplet training; experiments/models.py). A model whose cut
+# needs bigger images than image_size runs at its own minimum (full ResNet50: 97, VGG16: 128). quick: 64×64, 8 genuine
+# + 8 forged images per writer, 4 epochs: about 30 minutes for all models on a 2-core CPU.
+# blog: the post's protocol, as the triplet experiment's.
+MODELS_PROFILES = _merged(
+    {"model": {"cut_layer": None}},  # each model's backbone and cut layer come from MODEL_ZOO
+    {
+        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
+                  "train": {"epochs": 2, "batch_size": 16, "sampler": "pk", "classes_per_batch": 4,
+                            "images_per_class": 4, "schedule": "constant"},
+                  "report": {"umap": False, "gradcam_images": 2}},
+        "quick": {"data": {"max_samples": 8}, "image": {"image_size": 64},
+                  "train": {"epochs": 4, "batch_size": 64, "sampler": "pk", "classes_per_batch": 16,
+                            "images_per_class": 4, "schedule": "cosine", "learning_rate": 1e-3}},
+        "blog": {},
+    },
+)
+
+
+# Profiles of the loss comparison (experiments/losses.py): the triplet experiment's model and P×K batches for every
+# loss; no UMAP or Grad-CAM per run (many runs). quick: sized so that 7 losses × 5 folds fit about half an hour on a
+# 2-core CPU (64×64 images, 12 genuine + 12 forged images per writer, 4 epochs). blog: the post's protocol, with P×K
+# batches of 16 × 4 = 64 so that every batch-mining loss has positives.
+LOSSES_PROFILES = _merged(
+    {"report": {"umap": False, "gradcam_images": 0}},
+    {
+        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
+                  "model": {"cut_layer": "conv3_block4_add"},
+                  "train": {"epochs": 2, "batch_size": 16, "sampler": "pk", "classes_per_batch": 4,
+                            "images_per_class": 4, "schedule": "constant"}},
+        "quick": {"data": {"max_samples": 12}, "image": {"image_size": 64}, "model": {"cut_layer": "conv3_block4_add"},
+                  "train": {"epochs": 4, "batch_size": 64, "sampler": "pk", "classes_per_batch": 16,
+                            "images_per_class": 4, "schedule": "cosine", "learning_rate": 1e-3}},
+        "blog": {"train": {"sampler": "pk", "classes_per_batch": 16, "images_per_class": 4}},
+    },
+)
+
+
 def _field_type(cls, name):
     hint = typing.get_type_hints(cls)[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -186,6 +233,12 @@ def validate(config: ExperimentConfig) -> None:
           "expected P × K = batch size")),
         (train.cpu_devices is None or train.cpu_devices >= 1, f"--cpu-devices {train.cpu_devices}: expected >= 1"),
         (config.image.image_size >= 8, f"--image-size {config.image.image_size}: expected at least 8 pixels"),
+        (train.seeds >= 1, f"--seeds {train.seeds}: expected at least 1"),
+        (config.data.folds >= 1, f"--folds {config.data.folds}: expected at least 1 (1: the single default split)"),
+        (config.data.fold is None or 0 <= config.data.fold < config.data.folds,
+         f"--fold {config.data.fold}: expected a fold from 0 to {config.data.folds - 1} (--folds {config.data.folds})"),
+        (train.margin2 > 0, f"--margin2 {train.margin2}: expected a margin > 0"),
+        (train.scale is None or train.scale > 0, f"--scale {train.scale}: expected s > 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -187,3 +187,164 @@ def evaluate_embeddings(
             eer=set_metrics["eer"],
         )
     return metrics, scores
+
+
+def all_pair_distances(embeddings, metric: str = "cosine") -> np.ndarray:
+    """N×N float64 distances between all rows, the same numbers as `paired_distances_numpy` row by row (cosine: a
+    zero row has similarity 0), computed from the Gram matrix in NumPy."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if metric == "cosine":
+        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+        unit = embeddings / np.maximum(norms, 1e-6)
+        return 1.0 - unit @ unit.T
+    squared_norms = np.sum(embeddings**2, axis=1)
+    squared = np.maximum(squared_norms[:, None] + squared_norms[None, :] - 2.0 * embeddings @ embeddings.T, 0.0)
+    np.fill_diagonal(squared, 0.0)
+    if metric == "squared-euclidean":
+        return squared
+    if metric == "euclidean":
+        return np.sqrt(squared)
+    raise DataError(f"evaluation metric {metric!r} is not known; expected cosine, euclidean or squared-euclidean")
+
+
+def reference_verification(embeddings, writers, genuine, reference_counts=(1, 5, 12), metric: str = "cosine",
+                           draws: int = 10, seed: int = 0) -> dict:
+    """Verification against K enrolled references, as a deployed system does it: for each writer, K of their genuine
+    signatures are enrolled (drawn at random, `draws` times per writer); each questioned signature gets the mean and
+    the minimum of its distances to the K references. Questioned: the writer's other genuine signatures (positive),
+    their skilled forgeries (negative, "hard") and every other writer's genuine signatures (negative, "easy").
+
+    Returns {str(K): {"mean": {"hard": {"eer", "eer_interpolated"}, "easy": {...}}, "min": {...}, "n_writers": n}}
+    over all writers and draws pooled; None for a K that no writer has K + 1 genuine signatures for.
+    """
+    writers = np.asarray(writers).ravel()
+    genuine = np.asarray(genuine).ravel().astype(bool)
+    distances = all_pair_distances(embeddings, metric)
+    results: dict = {}
+    for count in reference_counts:
+        rng = np.random.default_rng([seed, count])
+        scores = {(aggregate, kind): ([], []) for aggregate in ("mean", "min") for kind in ("genuine", "skilled",
+                                                                                             "random")}
+        eligible = [w for w in np.unique(writers) if np.sum(genuine & (writers == w)) > count]
+        for writer in eligible:
+            own_genuine = np.flatnonzero(genuine & (writers == writer))
+            questioned = {"skilled": np.flatnonzero(~genuine & (writers == writer)),
+                          "random": np.flatnonzero(genuine & (writers != writer))}
+            for _ in range(draws):
+                enrolled = rng.choice(own_genuine, size=count, replace=False)
+                questioned["genuine"] = np.setdiff1d(own_genuine, enrolled)
+                for kind, rows in questioned.items():
+                    to_references = distances[np.ix_(rows, enrolled)]
+                    for aggregate, reduce in (("mean", np.mean), ("min", np.min)):
+                        scores[aggregate, kind][0].append(reduce(to_references, axis=1))
+        if not eligible:
+            results[str(count)] = None
+            continue
+        entry: dict = {"n_writers": len(eligible)}
+        for aggregate in ("mean", "min"):
+            entry[aggregate] = {}
+            for set_name, negative_kind in (("hard", "skilled"), ("easy", "random")):
+                positive = np.concatenate(scores[aggregate, "genuine"][0])
+                negative = np.concatenate(scores[aggregate, negative_kind][0] or [np.array([])])
+                if not len(negative):
+                    entry[aggregate][set_name] = None
+                    continue
+                set_metrics = verification_metrics(np.concatenate([positive, negative]),
+                                                   np.r_[np.ones(len(positive), int), np.zeros(len(negative), int)])
+                entry[aggregate][set_name] = {"eer": set_metrics["eer"],
+                                              "eer_interpolated": set_metrics["eer_interpolated"]}
+        results[str(count)] = entry
+    return results
+
+
+def identification_metrics(embeddings, writers, genuine, metric: str = "cosine") -> dict:
+    """Writer identification in a gallery of the genuine signatures, each one queried against all the others (itself
+    left out), as pytorch-metric-learning's AccuracyCalculator reports it: precision@1 (the nearest signature is the
+    same writer's) and MAP@R (R = the query's number of other genuine signatures by its writer; the mean over the
+    first R retrieved of the precision at each correct one, divided by R). Queries with R = 0 are skipped; ties in
+    distance keep gallery order. Returns {"precision_at_1", "map_at_r", "n_queries", "n_writers"}."""
+    writers = np.asarray(writers).ravel()
+    genuine = np.asarray(genuine).ravel().astype(bool)
+    gallery_writers = writers[genuine]
+    distances = all_pair_distances(np.asarray(embeddings)[genuine], metric)
+    np.fill_diagonal(distances, np.inf)
+    precision_at_1, map_at_r = [], []
+    for query, writer in enumerate(gallery_writers):
+        relevant_count = int(np.sum(gallery_writers == writer)) - 1
+        if relevant_count == 0:
+            continue
+        ranked = np.argsort(distances[query], kind="stable")[:-1]  # the query itself (inf) is last
+        relevant = gallery_writers[ranked[:relevant_count]] == writer
+        precision_at_1.append(float(relevant[0]))
+        precision_at_rank = np.cumsum(relevant) / np.arange(1, relevant_count + 1)
+        map_at_r.append(float(np.sum(precision_at_rank * relevant) / relevant_count))
+    if not precision_at_1:
+        return {"precision_at_1": None, "map_at_r": None, "n_queries": 0, "n_writers": len(np.unique(gallery_writers))}
+    return {"precision_at_1": float(np.mean(precision_at_1)), "map_at_r": float(np.mean(map_at_r)),
+            "n_queries": len(precision_at_1), "n_writers": len(np.unique(gallery_writers))}
+
+
+def max_balanced_accuracy(distances, same) -> float:
+    """The `max_accuracy` of `verification_metrics` (max over thresholds of ½(TPR + TNR)), without the ROC and AUC
+    around it: the bootstrap computes it thousands of times."""
+    distances, same = _checked_scores(distances, same)
+    order = np.argsort(distances, kind="stable")
+    sorted_distances, sorted_same = distances[order], same[order]
+    last_of_value = np.r_[sorted_distances[1:] != sorted_distances[:-1], True]
+    genuine_accepted = np.cumsum(sorted_same)[last_of_value]
+    negatives_accepted = np.cumsum(1 - sorted_same)[last_of_value]
+    n_genuine, n_negative = int(same.sum()), int(len(same) - same.sum())
+    scaled = np.r_[n_genuine * n_negative, genuine_accepted * n_negative + (n_negative - negatives_accepted) * n_genuine]
+    return float(scaled.max() / (2 * n_genuine * n_negative))
+
+
+@dataclass(frozen=True)
+class WriterPairScores:
+    """One run's pairs of one set with the writer each pair belongs to: what a bootstrap over test writers resamples."""
+
+    distances: np.ndarray
+    same: np.ndarray
+    writers: np.ndarray
+    train_threshold: float | None = None
+
+
+BOOTSTRAP_STATISTICS = ("max_accuracy", "eer", "accuracy_at_train_threshold")
+
+
+def bootstrap_intervals(runs: list[WriterPairScores], n_resamples: int = 1000, level: float = 0.95,
+                        seed: int = 0) -> dict:
+    """Percentile bootstrap confidence intervals over test writers for the mean over `runs` (one run: its own figure).
+
+    Each resample draws, in every run, as many of its test writers as it has, with replacement, and takes all the
+    pairs of each drawn writer (a writer drawn twice counts twice); the statistics of each run are averaged over runs.
+    Returns {statistic: [low, high]} for max_accuracy, eer (the authors' way) and accuracy_at_train_threshold (None
+    when a run has no training threshold).
+    """
+    rng = np.random.default_rng(seed)
+    prepared = []
+    for run in runs:
+        distances, same = _checked_scores(run.distances, run.same)
+        writers = np.asarray(run.writers).ravel()
+        rows_by_writer = [np.flatnonzero(writers == w) for w in np.unique(writers)]
+        prepared.append((distances, same, rows_by_writer, run.train_threshold))
+    with_threshold = all(run.train_threshold is not None for run in runs)
+    samples = {name: [] for name in BOOTSTRAP_STATISTICS}
+    for _ in range(n_resamples):
+        per_run = {name: [] for name in BOOTSTRAP_STATISTICS}
+        for distances, same, rows_by_writer, threshold in prepared:
+            drawn = rng.integers(0, len(rows_by_writer), size=len(rows_by_writer))
+            rows = np.concatenate([rows_by_writer[i] for i in drawn])
+            if same[rows].min() == same[rows].max():  # only writers without one kind of pair: not a usable resample
+                continue
+            per_run["max_accuracy"].append(max_balanced_accuracy(distances[rows], same[rows]))
+            per_run["eer"].append(_authors_eer(distances[rows], same[rows]))
+            if with_threshold:
+                per_run["accuracy_at_train_threshold"].append(accuracy_at_threshold(distances[rows], same[rows],
+                                                                                    threshold))
+        if len(per_run["eer"]) == len(prepared):
+            for name, values in per_run.items():
+                if values:
+                    samples[name].append(np.mean(values))
+    tail = 100 * (1 - level) / 2
+    return {name: ([float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))] if values else None)
+            for name, values in samples.items()}

@@ -4,16 +4,21 @@ reach the user as one line (a bad setting, a bad file) rather than a traceback."
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 
 from sigverify.config import ExperimentConfig, add_config_flags, config_from_args, config_from_dict
 from sigverify.errors import ConfigError, SigverifyError
 from sigverify.runs import CONFIG_FILE, RunFolder, check_resumable, write_yaml
+from sigverify.train_common import CHECKPOINT_DIR
 
 log = logging.getLogger("sigverify")
 
@@ -45,7 +50,9 @@ def parse_config(experiment: str, profiles: dict, argv: list[str] | None, descri
     args = parser.parse_args(argv)
     if args.resume:
         return _config_of_run(experiment, args.resume, args)
-    return config_from_args(experiment, profiles, args)
+    config = config_from_args(experiment, profiles, args)
+    config.backend = keras.backend.backend()
+    return config
 
 
 def _config_of_run(experiment: str, run_dir: str, args: argparse.Namespace) -> ExperimentConfig:
@@ -54,6 +61,10 @@ def _config_of_run(experiment: str, run_dir: str, args: argparse.Namespace) -> E
 
     run_path = check_resumable(run_dir, experiment)
     config = config_from_dict(yaml.safe_load((run_path / CONFIG_FILE).read_text()))
+    trained_on, backend = config.backend or "tensorflow", keras.backend.backend()
+    if trained_on != backend:
+        raise ConfigError(f"--resume {run_dir}: the run trained on the {trained_on} backend and this process runs "
+                          f"{backend} (their checkpoints differ); expected KERAS_BACKEND={trained_on}")
     config.resume = str(run_dir)
     return config
 
@@ -71,11 +82,15 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
     logging.getLogger("absl").setLevel(logging.WARNING)
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     run = None
+    stack = contextlib.ExitStack()
     try:
         config = parse_config(experiment, profiles, argv, description)
         seed_everything(config.train.seed, config.train.deterministic)
         prepared = prepare(config)
-        if config.resume:
+        if not _writes_run_folder(config, prepared):
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sigverify-{experiment}-worker-"))
+            run = _worker_scratch_run(scratch, experiment, config)
+        elif config.resume:
             run = RunFolder.resume(config.resume, experiment)
         else:
             run = RunFolder.create(config.runs, experiment)
@@ -107,8 +122,29 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
             run.set_status("failed", f"{type(error).__name__}: {error}")
         raise
     finally:
+        stack.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _writes_run_folder(config: ExperimentConfig, prepared) -> bool:
+    """Under multi-worker training only the chief writes the run folder."""
+    if config.train.strategy != "multiworker":
+        return True
+    from sigverify.distribute import is_chief
+
+    return is_chief(prepared.strategy)
+
+
+def _worker_scratch_run(scratch: str, experiment: str, config: ExperimentConfig) -> RunFolder:
+    """A non-chief worker runs the same steps as the chief (their collective ops must match) in a throw-away folder;
+    when the chief resumes, the worker starts from a copy of the same checkpoints."""
+    run = RunFolder.create(scratch, experiment)
+    if config.resume:
+        checkpoints = Path(config.resume) / CHECKPOINT_DIR
+        if checkpoints.is_dir():
+            shutil.copytree(checkpoints, run.file(CHECKPOINT_DIR))
+    return run
 
 
 def _print_summary(metrics: dict) -> None:

@@ -4,14 +4,17 @@
 "TripletSemiHardLoss, exactly"), except that a batch without a positive pair gives 0 instead of NaN
 and the semi-hard search needs memory in B² rather than B³. Triplet losses are called as
 `loss(y_true=labels, y_pred=embeddings)`; `ContrastiveLoss` as `loss(y_true=pair_labels, y_pred=pair_distances)`.
+`QuadrupletLoss` and the margin-softmax losses (`CosFaceLoss`, `ArcFaceLoss`, `SphereFaceLoss`, which own a trainable
+class-weight matrix) are called like the triplet losses.
 """
 
 import inspect
+import math
 
 import keras
 from keras import ops
 
-from sigverify.distances import pairwise_distances, resolve_pairwise_metric
+from sigverify.distances import guarded_sqrt, l2_normalize_rows, pairwise_distances, resolve_pairwise_metric
 from sigverify.errors import ConfigError
 
 
@@ -209,15 +212,236 @@ class ContrastiveLoss(keras.losses.Loss):
         return config
 
 
+@keras.saving.register_keras_serializable(package="sigverify")
+class QuadrupletLoss(_TripletLoss):
+    """Quadruplet loss (Chen et al. 2017, "Beyond triplet loss"), mined batch-hard inside the batch (a P×K batch).
+
+    For each anchor a, with D the pairwise distances of `distance_metric`:
+    - p*: a's farthest positive (same label, not a itself); n*: a's nearest negative (another label);
+    - (n1*, n2*): the closest pair of images in the batch with two different labels, neither of them a's label.
+    term 1 of a = max(0, D[a, p*] − D[a, n*] + margin), defined when a has a positive and a negative;
+    term 2 of a = max(0, D[a, p*] − D[n1*, n2*] + margin2), defined when a has a positive and such a pair exists
+    (at least three classes in the batch). Loss = mean of term 1 over the anchors where it is defined + mean of
+    term 2 over the anchors where it is defined; a term that no anchor defines adds 0. Chen et al. take margin2
+    smaller than margin (1.0 and 0.5 here by default). The closest pair avoiding a's class is found in O(B²): it is
+    the batch's closest different-label pair unless that pair involves a's class, and only its two classes need
+    a second search.
+    """
+
+    def __init__(self, margin=1.0, margin2=0.5, distance_metric="L2", name="quadruplet_loss", **kwargs):
+        super().__init__(margin=margin, distance_metric=distance_metric, name=name, **kwargs)
+        self.margin2 = float(margin2)
+
+    def call(self, y_true, y_pred):
+        distances = _float32_distances(y_pred, self.distance_metric)
+        labels = ops.reshape(y_true, (-1,))
+        same_label, positive_mask = _same_label_and_not_self(labels)
+        different_label = ops.logical_not(same_label)
+        has_positive = ops.any(positive_mask, axis=1)
+        has_negative = ops.any(different_label, axis=1)
+        hardest_positive = _masked_row_max(distances, positive_mask)
+        hardest_negative = _masked_row_min(distances, different_label)
+
+        closest_pair, has_pair = _closest_pair_avoiding_each_label(distances, labels, different_label)
+        first_terms = ops.maximum(hardest_positive - hardest_negative + self.margin, 0.0)
+        second_terms = ops.maximum(hardest_positive - closest_pair + self.margin2, 0.0)
+        return (_mean_where(first_terms, ops.logical_and(has_positive, has_negative))
+                + _mean_where(second_terms, ops.logical_and(has_positive, has_pair)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(margin2=self.margin2)
+        return config
+
+
+def trainable_loss_variables(loss) -> list:
+    """The variables a loss trains with the model (a margin-softmax loss's class weights); [] for other losses."""
+    return list(getattr(loss, "trainable_variables", None) or getattr(loss, "trainable_weights", None) or [])
+
+
+def _mean_where(values, mask):
+    """Mean of `values` where `mask` holds; 0 where it holds nowhere."""
+    mask = ops.cast(mask, values.dtype)
+    return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def _masked_min(matrix, mask):
+    """(smallest entry where `mask` holds, whether any does); the matrix's largest entry when none does."""
+    return ops.min(ops.where(mask, matrix, ops.max(matrix))), ops.any(mask)
+
+
+def _closest_pair_avoiding_each_label(distances, labels, different_label):
+    """Per row a: the smallest D[i, j] over pairs with label(i) ≠ label(j), both ≠ label(a); and whether one exists."""
+    batch_size = ops.shape(distances)[0]
+    global_min, global_exists = _masked_min(distances, different_label)
+    flat_position = ops.argmin(ops.reshape(ops.where(different_label, distances, ops.max(distances)), (-1,)))
+    pair_labels = [ops.take(labels, flat_position // batch_size), ops.take(labels, flat_position % batch_size)]
+    closest = ops.broadcast_to(global_min, ops.shape(labels))
+    exists = ops.broadcast_to(global_exists, ops.shape(labels))
+    for pair_label in pair_labels:  # rows of the closest pair's own classes must look further
+        avoids = ops.not_equal(labels, pair_label)
+        allowed = ops.logical_and(different_label, ops.logical_and(ops.expand_dims(avoids, 1), ops.expand_dims(avoids, 0)))
+        label_min, label_exists = _masked_min(distances, allowed)
+        row_has_label = ops.logical_not(avoids)
+        closest = ops.where(row_has_label, label_min, closest)
+        exists = ops.where(row_has_label, label_exists, exists)
+    return closest, exists
+
+
+class MarginSoftmaxLoss(keras.losses.Loss):
+    """Softmax cross-entropy on scaled cosines between each embedding and a class-weight matrix that the loss owns,
+    with a margin on the true class's logit (SphereFace, CosFace, ArcFace).
+
+    The weight matrix W (embedding_dim × number of classes, a trainable `keras.Variable` in `trainable_variables`) is
+    part of the loss, not of the embedding model, so the exported model is the same whichever loss trained it; a
+    training loop must optimize (and checkpoint) `loss.trainable_variables` beside the model's. cos θ_j of an
+    embedding f is f·W_j / (‖f‖‖W_j‖): both the rows of the embeddings and the columns of W are L2-normalized in
+    the loss. Classes are the values of `class_labels` (the training labels, any integers: the one-hot targets come
+    from comparing labels with them, so nothing needs remapping), or 0..n_classes−1. A row whose label is not one of
+    the classes has no target: it is left out of the mean (such a batch, e.g. images of unseen writers, gives 0).
+    Computed in float32 whatever the input dtype. Loss = mean over rows with a known class of
+    −log softmax(logits)[y], logits_j = s·cos θ_j for j ≠ y and s·target(cos θ_y) for the true class y.
+    """
+
+    def __init__(self, embedding_dim, n_classes=None, class_labels=None, scale=64.0, margin=0.5, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        if (n_classes is None) == (class_labels is None):
+            raise ConfigError(f"{type(self).__name__}: give either n_classes or class_labels (the training labels)")
+        class_labels = list(range(int(n_classes))) if class_labels is None else [int(c) for c in class_labels]
+        if len(class_labels) < 2 or len(set(class_labels)) != len(class_labels):
+            raise ConfigError(f"{type(self).__name__}: class_labels {class_labels[:10]}...: expected at least two "
+                              "distinct class labels")
+        if scale <= 0:
+            raise ConfigError(f"{type(self).__name__}: scale {scale}: expected s > 0")
+        self.embedding_dim = int(embedding_dim)
+        self.class_labels = class_labels
+        self.scale = float(scale)
+        self.margin = float(margin)
+        self.class_weights = keras.Variable(keras.initializers.GlorotUniform(), shape=(self.embedding_dim, len(class_labels)),
+                                            dtype="float32", name="class_weights")
+
+    @property
+    def trainable_variables(self) -> list:
+        return [self.class_weights]
+
+    @property
+    def trainable_weights(self) -> list:
+        return self.trainable_variables
+
+    def cosines(self, embeddings):
+        """cos θ (B × classes) between each embedding and each class column, in [−1, 1]."""
+        unit_embeddings = l2_normalize_rows(ops.cast(embeddings, "float32"))
+        unit_columns = ops.transpose(l2_normalize_rows(ops.transpose(ops.convert_to_tensor(self.class_weights))))
+        return ops.clip(ops.matmul(unit_embeddings, unit_columns), -1.0, 1.0)
+
+    def target_logit(self, cosine):
+        """The true class's logit divided by s, from its cosine (the margin of each loss)."""
+        raise NotImplementedError
+
+    def call(self, y_true, y_pred):
+        cosines = self.cosines(y_pred)
+        labels = ops.cast(ops.reshape(y_true, (-1, 1)), "float32")
+        is_target = ops.equal(labels, ops.convert_to_tensor([[float(c) for c in self.class_labels]], "float32"))
+        has_class = ops.any(is_target, axis=1)
+        target_cosine = ops.sum(ops.where(is_target, cosines, 0.0), axis=1)
+        target_logit = self.scale * self.target_logit(target_cosine)
+        logits = ops.where(is_target, ops.expand_dims(target_logit, 1), self.scale * cosines)
+        cross_entropy = ops.logsumexp(logits, axis=1) - target_logit
+        return _mean_where(cross_entropy, has_class)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(embedding_dim=self.embedding_dim, class_labels=self.class_labels, scale=self.scale,
+                      margin=self.margin)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sigverify")
+class CosFaceLoss(MarginSoftmaxLoss):
+    """CosFace / Large Margin Cosine Loss (Wang et al. 2018): the true class's logit is s·(cos θ_y − m).
+    Defaults s = 64, m = 0.35 as in the paper."""
+
+    def __init__(self, embedding_dim, n_classes=None, class_labels=None, scale=64.0, margin=0.35,
+                 name="cosface_loss", **kwargs):
+        super().__init__(embedding_dim, n_classes, class_labels, scale=scale, margin=margin, name=name, **kwargs)
+
+    def target_logit(self, cosine):
+        return cosine - self.margin
+
+
+@keras.saving.register_keras_serializable(package="sigverify")
+class ArcFaceLoss(MarginSoftmaxLoss):
+    """ArcFace / additive angular margin (Deng et al. 2019): the true class's logit is s·cos(θ_y + m).
+    Defaults s = 64, m = 0.5 as in the paper.
+
+    cos(θ + m) = cos θ·cos m − sin θ·sin m with sin θ = √(1 − cos²θ) (a square root with a finite gradient at 0,
+    so θ = 0 and θ = π are safe; no arccos). cos(θ + m) stops decreasing once θ + m > π, so there, as in the
+    authors' implementation, the logit is cos θ − m·sin m (still decreasing in θ); with `easy_margin` the margin
+    applies only where cos θ > 0 and the logit is cos θ elsewhere.
+    """
+
+    def __init__(self, embedding_dim, n_classes=None, class_labels=None, scale=64.0, margin=0.5, easy_margin=False,
+                 name="arcface_loss", **kwargs):
+        if not 0 <= margin < math.pi:
+            raise ConfigError(f"ArcFaceLoss: margin {margin}: expected an angle in [0, π) radians")
+        super().__init__(embedding_dim, n_classes, class_labels, scale=scale, margin=margin, name=name, **kwargs)
+        self.easy_margin = bool(easy_margin)
+
+    def target_logit(self, cosine):
+        sine = guarded_sqrt(1.0 - ops.square(cosine))
+        shifted = cosine * math.cos(self.margin) - sine * math.sin(self.margin)
+        if self.easy_margin:
+            return ops.where(cosine > 0.0, shifted, cosine)
+        return ops.where(cosine > math.cos(math.pi - self.margin), shifted, cosine - self.margin * math.sin(self.margin))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(easy_margin=self.easy_margin)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sigverify")
+class SphereFaceLoss(MarginSoftmaxLoss):
+    """SphereFace / A-Softmax (Liu et al. 2017), multiplicative angular margin: the true class's logit is s·ψ(θ_y),
+    ψ(θ) = (−1)^k·cos(mθ) − 2k for θ in [kπ/m, (k+1)π/m], an integer m ≥ 1 (the paper's extension of cos(mθ)
+    beyond π/m, decreasing in θ). Defaults m = 4 as in the paper, s = 30.
+
+    The paper scales by the embedding's norm ‖f‖; our embeddings are L2-normalized, so a fixed s stands in for it,
+    as CosFace and ArcFace do. cos(mθ) is the Chebyshev polynomial T_m(cos θ) and k counts the thresholds
+    cos(jπ/m) that cos θ is below: no arccos, so the gradient is finite at θ = 0 and θ = π. The paper's annealing
+    (blending in plain softmax early in training) is not used.
+    """
+
+    def __init__(self, embedding_dim, n_classes=None, class_labels=None, scale=30.0, margin=4, name="sphereface_loss",
+                 **kwargs):
+        if float(margin) != int(margin) or int(margin) < 1:
+            raise ConfigError(f"SphereFaceLoss: margin {margin}: expected an integer m >= 1 (the angle multiplier)")
+        super().__init__(embedding_dim, n_classes, class_labels, scale=scale, margin=int(margin), name=name, **kwargs)
+        self.margin = int(margin)
+
+    def target_logit(self, cosine):
+        previous, chebyshev = ops.ones_like(cosine), cosine
+        for _ in range(self.margin - 1):
+            previous, chebyshev = chebyshev, 2.0 * cosine * chebyshev - previous
+        k = sum(ops.cast(cosine <= math.cos(j * math.pi / self.margin), "float32") for j in range(1, self.margin))
+        sign = 1.0 - 2.0 * ops.mod(k, 2.0)
+        return sign * chebyshev - 2.0 * k
+
+
 LOSSES = {
     "semihard": TripletSemiHardLoss,
     "hard": TripletHardLoss,
     "contrastive": ContrastiveLoss,
+    "quadruplet": QuadrupletLoss,
+    "cosface": CosFaceLoss,
+    "arcface": ArcFaceLoss,
+    "sphereface": SphereFaceLoss,
 }
 
 
 def get_loss(name, **params) -> keras.losses.Loss:
-    """The loss called `name` ("semihard", "hard" or "contrastive"), built with `params`."""
+    """The loss called `name` (one of LOSSES: "semihard", "hard", "contrastive", "quadruplet", "cosface", "arcface",
+    "sphereface"), built with `params`."""
     if name not in LOSSES:
         raise ConfigError(f"loss {name!r} is not known; expected one of {', '.join(LOSSES)}")
     loss_class = LOSSES[name]
@@ -226,3 +450,13 @@ def get_loss(name, **params) -> keras.losses.Loss:
     if unknown:
         raise ConfigError(f"loss {name!r} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}")
     return loss_class(**params)
+
+
+def describe_loss(loss: keras.losses.Loss) -> str:
+    """One line for reports: the class and its settings, e.g. `ArcFaceLoss(scale=64.0, margin=0.5, 88 classes)`."""
+    config = loss.get_config()
+    skipped = {"name", "reduction", "dtype", "embedding_dim", "class_labels"}
+    settings = [f"{key}={value}" for key, value in config.items() if key not in skipped]
+    if isinstance(loss, MarginSoftmaxLoss):
+        settings.append(f"{len(loss.class_labels)} classes")
+    return f"{type(loss).__name__}({', '.join(settings)})"

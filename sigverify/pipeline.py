@@ -1,5 +1,10 @@
 """The steps every experiment shares: data → splits → preprocessed images → pairs, embedding a set of images, and
-evaluation with its plots, metrics and report written into the run folder."""
+evaluation with its plots, metrics and report written into the run folder.
+
+Training runs on the Keras backend's engine: tf.distribute and our loop (`sigverify.train`) on TensorFlow, Keras `fit`
+under keras.distribution (`sigverify.train_keras`) on JAX; each is imported where it is used, so that a JAX run never
+loads TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +20,28 @@ import pandas as pd
 
 from sigverify import plots
 from sigverify.config import ExperimentConfig
-from sigverify.data.feed import image_batches, pk_batches, shuffled_batches
 from sigverify.data.index import read_index
 from sigverify.data.pairs import verification_pairs
-from sigverify.data.splits import rows_of_writers, split_writers
+from sigverify.data.samplers import pk_batches, shuffled_batches
+from sigverify.data.splits import rows_of_writers, split_writers, writer_folds
 from sigverify.data.synthetic import generate_synthetic_dataset
 from sigverify.distances import evaluation_metric_for
-from sigverify.distribute import describe_strategy, is_chief, make_strategy, set_precision
 from sigverify.errors import ConfigError
-from sigverify.evaluate import evaluate_embeddings, raw_pixel_embeddings
-from sigverify.losses import count_positive_pairs
+from sigverify.evaluate import (
+    PAIR_SETS,
+    WriterPairScores,
+    bootstrap_intervals,
+    evaluate_embeddings,
+    identification_metrics,
+    raw_pixel_embeddings,
+    reference_verification,
+)
+from sigverify.losses import LOSSES, MarginSoftmaxLoss, count_positive_pairs, describe_loss, get_loss
 from sigverify.preprocess import PreprocessConfig, default_cache_dir, load_preprocessed_images, to_backbone_input
 from sigverify.report import write_report
 from sigverify.runs import RunFolder, write_json, write_text, writing
-from sigverify.train import Trainer, TrainResult, make_optimizer
+from sigverify.tables import BOOTSTRAP_RESAMPLES, PAIR_SCORES_FILE, write_pair_scores
+from sigverify.train_common import TrainResult, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +101,20 @@ def _first_samples(index: pd.DataFrame, max_samples: int | None) -> pd.DataFrame
     return index[rank <= max_samples]
 
 
+def held_out_writers(writers, config: ExperimentConfig) -> tuple[list[int], list[int]]:
+    """(train writers, test writers): the default split, or with `--folds k` the fold `--fold` (0 if unset) of k
+    writer-disjoint folds (on CEDAR with k = 5, fold 0 is the post's split)."""
+    if config.data.folds > 1:
+        test_writers = writer_folds(writers, config.data.folds)[config.data.fold or 0]
+        return [int(w) for w in sorted(set(writers)) if w not in test_writers], test_writers
+    return split_writers(writers, seed=config.train.seed)
+
+
 def prepare_data(config: ExperimentConfig, preprocess: PreprocessConfig) -> ExperimentData:
     data_dir = resolve_data_dir(config.data.data)
     index = read_index(data_dir, layout=config.data.layout, skip_bad=config.data.skip_bad_images)
     check_enough_data(index, data_dir)
-    train_writers, test_writers = split_writers(index["writer"].unique(), seed=config.train.seed)
+    train_writers, test_writers = held_out_writers(index["writer"].unique(), config)
     if config.data.max_writers:
         train_writers = train_writers[: config.data.max_writers]
         test_writers = test_writers[: config.data.max_writers]
@@ -116,7 +138,10 @@ def embed(model: keras.Model, inputs: np.ndarray, backbone: str | None, batch_si
     def prepared(chunk):
         return chunk if backbone is None else to_backbone_input(chunk, backbone)
 
-    chunks = [model.predict_on_batch(prepared(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
+    # A model built under a tf.distribute strategy gives every replica the whole batch and returns their outputs stacked
+    # (replica-major): the first len(chunk) rows are the batch's outputs.
+    chunks = [model.predict_on_batch(prepared(chunk))[: len(chunk)]
+              for chunk in (inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size))]
     return np.concatenate([keras.ops.convert_to_numpy(c) for c in chunks]).astype(np.float32)
 
 
@@ -129,6 +154,11 @@ def environment() -> dict:
 
         info["tensorflow"] = tf.__version__
         info["devices"] = [d.name for d in tf.config.list_logical_devices()]
+    elif backend == "jax":
+        import jax
+
+        info["jax"] = jax.__version__
+        info["devices"] = [str(d) for d in jax.devices()]
     return info
 
 
@@ -155,6 +185,7 @@ def evaluate_and_report(run: RunFolder, config: ExperimentConfig, model: keras.M
 
     test_index = data.test.index
     writers, genuine = test_index["writer"].to_numpy(), test_index["genuine"].to_numpy()
+    metrics.update(protocol_metrics(run, test_embeddings, writers, genuine, data.test.pairs, metrics, scores, metric))
     figures = {}
     if config.report.umap:
         figures["umap.png"] = lambda p: plots.plot_umap(test_embeddings, writers, genuine, p,
@@ -187,6 +218,24 @@ def evaluate_and_report(run: RunFolder, config: ExperimentConfig, model: keras.M
     write_text(run.file("metrics.csv"), metrics_csv(metrics))
     write_report(run, config, metrics, figures=[name for name in run.path.iterdir()])
     return metrics
+
+
+def protocol_metrics(run: RunFolder, test_embeddings: np.ndarray, writers: np.ndarray, genuine: np.ndarray,
+                     test_pairs: pd.DataFrame, metrics: dict, scores: dict, metric: str) -> dict:
+    """The honest protocol's figures beside the post's: verification against K = 1, 5, 12 enrolled references
+    (`reference_k`), writer identification (`identification`) and bootstrap intervals over test writers
+    (`confidence_intervals`, 95%); also writes pair_scores.npz, which tables over several runs resample."""
+    pairs_by_set = {name: PAIR_SETS[name](test_pairs) for name in scores}
+    thresholds = {name: metrics[name]["train_threshold"] for name in scores}
+    write_pair_scores(run.file(PAIR_SCORES_FILE), scores, pairs_by_set, thresholds)
+    intervals = {name: bootstrap_intervals([WriterPairScores(s.distances, s.same, pairs_by_set[name]["writer"].to_numpy(),
+                                                             thresholds[name])], n_resamples=BOOTSTRAP_RESAMPLES)
+                 for name, s in scores.items()}
+    return {
+        "reference_k": reference_verification(test_embeddings, writers, genuine, (1, 5, 12), metric),
+        "identification": identification_metrics(test_embeddings, writers, genuine, metric),
+        "confidence_intervals": {"level": 0.95, "resamples": BOOTSTRAP_RESAMPLES, "over": "test writers", **intervals},
+    }
 
 
 def write_gradcam(run: RunFolder, model: keras.Model, split: SplitData, backbone: str, n_images: int) -> None:
@@ -226,17 +275,34 @@ def training_batches(labels: np.ndarray, config: ExperimentConfig, epoch: int) -
 def fit_on_labelled_images(run: RunFolder, config: ExperimentConfig, strategy, data: ExperimentData, model, loss_fn,
                            optimizer, batch_has_signal=None) -> TrainResult:
     """Online-mining training (triplet-style losses on labels): batches of training images, validation loss on the
-    test writers' images in fixed P×K-style batches (for the history plot and the best checkpoint only)."""
+    test writers' images in fixed P×K-style batches (for the history plot and the best checkpoint only). The same
+    samplers feed tf.data on TensorFlow and a Keras PyDataset on JAX."""
     backbone = config.model.backbone
     train_labels, test_labels = data.train.labels, data.test.labels
+    validation = shuffled_batches(len(test_labels), min(config.train.batch_size, len(test_labels)), config.train.seed, 0)
+    # A margin-softmax loss has no class weights for the test writers' classes: it has no validation loss.
+    validates = not isinstance(loss_fn, MarginSoftmaxLoss)
+    if keras.backend.backend() != "tensorflow":
+        from sigverify.train_keras import LabelledImageBatches, fit_keras
+
+        train_data = LabelledImageBatches(data.train.images, train_labels, backbone,
+                                          lambda epoch: training_batches(train_labels, config, epoch))
+        validation_data = (LabelledImageBatches(data.test.images, test_labels, backbone, lambda epoch: validation)
+                           if validates else None)
+        return fit_keras(model, loss_fn, optimizer, strategy, run.path, train_data, config.train.epochs,
+                         validation_data, batch_has_signal=batch_has_signal)
+    from sigverify.data.feed import image_batches
+    from sigverify.distribute import is_chief
+    from sigverify.train import Trainer
+
     steps = len(training_batches(train_labels, config, 0))
     trainer = Trainer(model, loss_fn, optimizer, strategy, run.path, write_files=is_chief(strategy),
                       batch_has_signal=batch_has_signal, jit=config.train.jit)
-    validation = shuffled_batches(len(test_labels), min(config.train.batch_size, len(test_labels)), config.train.seed, 0)
     return trainer.fit(
         lambda epoch: image_batches(data.train.images, train_labels, training_batches(train_labels, config, epoch), backbone),
         epochs=config.train.epochs, steps_per_epoch=steps,
-        validation_batches=lambda epoch: image_batches(data.test.images, test_labels, validation, backbone),
+        validation_batches=((lambda epoch: image_batches(data.test.images, test_labels, validation, backbone))
+                            if validates else None),
     )
 
 
@@ -272,7 +338,8 @@ def cached_features(feature_model: keras.Model, images: np.ndarray, backbone: st
 
 @dataclass
 class Prepared:
-    """What an experiment has before its run folder exists: the strategy, the precision policy and the data."""
+    """What an experiment has before its run folder exists: the strategy (a tf.distribute strategy on TensorFlow, a
+    keras.distribution on JAX), the precision policy and the data."""
 
     strategy: object
     precision: str
@@ -282,7 +349,14 @@ class Prepared:
 def prepare_experiment(config: ExperimentConfig, check_settings=None) -> Prepared:
     """Strategy first (logical CPU devices must be set before TensorFlow starts), precision, the experiment's own
     settings check (`check_settings()`, raising ConfigError), then data and preprocessing: all before any run folder."""
-    strategy = make_strategy(config.train.strategy, config.train.cpu_devices)
+    if keras.backend.backend() == "tensorflow":
+        from sigverify.distribute import make_strategy, set_precision
+
+        strategy = make_strategy(config.train.strategy, config.train.cpu_devices)
+    else:
+        from sigverify.train_keras import make_distribution, set_precision
+
+        strategy = make_distribution(config.train.strategy, config.train.cpu_devices)
     precision = set_precision(config.train.mixed_precision)
     if check_settings is not None:
         check_settings()
@@ -291,21 +365,70 @@ def prepare_experiment(config: ExperimentConfig, check_settings=None) -> Prepare
     return Prepared(strategy, precision, prepare_data(config, preprocess))
 
 
-def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepared, build_model, build_loss,
-                     loss_description: str) -> dict:
-    """Online-mining training of an embedding model on labelled images, then evaluation and report.
+def describe_placement(strategy) -> str:
+    """'<kind> over <n> replica(s)/device(s): <devices>' for a tf.distribute strategy or a keras.distribution."""
+    if keras.backend.backend() == "tensorflow":
+        from sigverify.distribute import describe_strategy
 
-    `build_model()` → (model, weights description, model description) and `build_loss()` → loss are called inside the
-    strategy's scope (a loss may own variables)."""
-    strategy, data = prepared.strategy, prepared.data
-    with strategy.scope():
-        model, weights_description, model_description = build_model()
-        loss = build_loss()
-        optimizer = make_optimizer(config.train, steps_per_epoch=len(training_batches(data.train.labels, config, 0)))
-    references = reference_points(model, data, config.model.backbone)
-    result = fit_on_labelled_images(run, config, strategy, data, model, loss, optimizer,
-                                    batch_has_signal=lambda labels: count_positive_pairs(labels) > 0)
-    facts = {
+        return describe_strategy(strategy)
+    from sigverify.train_keras import describe_distribution
+
+    return describe_distribution(strategy)
+
+
+def configured_embedding_model(config: ExperimentConfig) -> tuple[keras.Model, str, str]:
+    """(model, weights description, model description) of the triplet experiment's settings: the backbone cut at
+    `--cut-layer`, the conv head, L2 normalization unless `--no-normalize`."""
+    from sigverify.models import build_embedding_model, resolve_weights
+
+    model, size = config.model, config.image.image_size
+    weights, weights_description = resolve_weights(model.weights, model.backbone)
+    embedding = build_embedding_model(model.backbone, model.cut_layer, (size, size, 3), weights=weights,
+                                      normalize=model.normalize, embedding_dim=model.embedding_dim)
+    description = (f"{model.backbone} cut at {model.cut_layer} + conv head"
+                   + ("" if model.normalize else " (no L2 normalization)"))
+    return embedding, weights_description, description
+
+
+def check_embedding_model_settings(config: ExperimentConfig) -> None:
+    from sigverify.models import validate_model_settings
+
+    validate_model_settings(config.model.backbone, config.model.cut_layer, config.image.image_size)
+
+
+def configured_loss(config: ExperimentConfig, class_labels) -> keras.losses.Loss:
+    """The loss `--loss` names, with its settings: margin and distance metric (triplet and quadruplet losses), margin2
+    (quadruplet), scale and softmax margin (margin-softmax losses, whose classes are `class_labels`, the training
+    labels, and whose embedding size is the model's). The contrastive loss trains on pairs: not here."""
+    train = config.train
+    if train.loss == "contrastive":
+        raise ConfigError("--loss contrastive: a pair loss, trained on verification pairs by make exp-contrastive (or "
+                          f"in make exp-losses); expected a loss on labelled batches: {', '.join(labelled_losses())}")
+    if train.loss not in LOSSES:
+        raise ConfigError(f"--loss {train.loss}: not known; expected one of {', '.join(labelled_losses())}")
+    if issubclass(LOSSES[train.loss], MarginSoftmaxLoss):
+        params = {"embedding_dim": config.model.embedding_dim, "class_labels": sorted(set(np.ravel(class_labels).tolist())),
+                  "scale": train.scale, "margin": train.softmax_margin}
+        return get_loss(train.loss, **{key: value for key, value in params.items() if value is not None})
+    params = {"margin": train.margin, "distance_metric": train.distance_metric}
+    if train.loss == "quadruplet":
+        params["margin2"] = train.margin2
+    return get_loss(train.loss, **params)
+
+
+def labelled_losses() -> list[str]:
+    return [name for name in LOSSES if name != "contrastive"]
+
+
+def check_loss_settings(config: ExperimentConfig) -> None:
+    """Refuse a bad `--loss` or loss setting before any work: the loss is built once with two placeholder classes."""
+    configured_loss(config, class_labels=[0, 1])
+
+
+def training_facts(prepared: Prepared, model: keras.Model, weights_description: str, model_description: str,
+                   loss_description: str, result: TrainResult, references: dict) -> dict:
+    """What a trained run records about itself in metrics.json, beside the metrics."""
+    return {
         "weights": weights_description,
         "params": model.count_params(),
         "model_description": model_description,
@@ -313,10 +436,32 @@ def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepare
         "train_seconds": result.train_seconds,
         "epochs_resumed_from": result.initial_epoch,
         "batches_without_positives": result.batches_without_positives,
-        "strategy": describe_strategy(strategy),
+        "strategy": describe_placement(prepared.strategy),
         "precision": prepared.precision,
         "environment": environment(),
         "reference_points": references,
     }
-    metric = evaluation_metric_for(config.train.distance_metric, l2_normalized=config.model.normalize)
+
+
+def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepared, build_model, build_loss=None,
+                     loss_description: str | None = None) -> dict:
+    """Online-mining training of an embedding model on labelled images, then evaluation and report.
+
+    `build_model()` → (model, weights description, model description) and `build_loss()` → loss are called inside the
+    strategy's scope (a loss may own variables); without `build_loss`, the loss of `--loss` (`configured_loss`). The
+    loss description defaults to the loss's class and settings."""
+    strategy, data = prepared.strategy, prepared.data
+    with strategy.scope():
+        model, weights_description, model_description = build_model()
+        loss = build_loss() if build_loss is not None else configured_loss(config, data.train.labels)
+        optimizer = make_optimizer(config.train, steps_per_epoch=len(training_batches(data.train.labels, config, 0)))
+    references = reference_points(model, data, config.model.backbone)
+    classifies = isinstance(loss, MarginSoftmaxLoss)  # every batch teaches it: no positive pair is needed
+    result = fit_on_labelled_images(run, config, strategy, data, model, loss, optimizer,
+                                    batch_has_signal=None if classifies else lambda labels: count_positive_pairs(labels) > 0)
+    facts = training_facts(prepared, model, weights_description, model_description,
+                           loss_description or describe_loss(loss), result, references)
+    # Margin-softmax losses train angles (cosines to class weights): they are scored by cosine distance.
+    metric = "cosine" if classifies else evaluation_metric_for(config.train.distance_metric,
+                                                               l2_normalized=config.model.normalize)
     return evaluate_and_report(run, config, model, data, facts, result.history, metric=metric)

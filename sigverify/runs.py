@@ -60,9 +60,10 @@ def _jsonable(value):
 
 
 class RunFolder:
-    def __init__(self, path: Path, experiment: str):
+    def __init__(self, path: Path, experiment: str, parent: RunFolder | None = None):
         self.path = Path(path)
         self.experiment = experiment
+        self.parent = parent  # set for a sub-run (see `child`)
 
     @classmethod
     def create(cls, runs_root: str | os.PathLike, experiment: str) -> RunFolder:
@@ -95,9 +96,36 @@ class RunFolder:
             record["message"] = message
         write_json(self.file(STATUS_FILE), record)
 
+    def child(self, name: str) -> RunFolder:
+        """The sub-run `name` of this run (one model of a comparison, say): the folder `name` inside this one, created if
+        needed, with its own files and status. Finishing a sub-run does not move `latest`."""
+        path = self.path / name
+        path.mkdir(exist_ok=True)
+        return RunFolder(path, self.experiment, parent=self)
+
+    def is_complete(self) -> bool:
+        return read_status(self.path).get("status") == "complete"
+
+    @contextlib.contextmanager
+    def running(self):
+        """Status "running" inside the block and `finish()` after it; "interrupted" (Ctrl-C, SIGTERM) or "failed" when
+        it raises. For sub-runs: the top-level run's status is kept by `sigverify.experiment.run_experiment`."""
+        self.set_status("running")
+        try:
+            yield self
+        except Exception as error:
+            self.set_status("failed", f"{type(error).__name__}: {error}")
+            raise
+        except BaseException as error:
+            self.set_status("interrupted", f"stopped by {type(error).__name__} {error}".strip())
+            raise
+        self.finish()
+
     def finish(self) -> None:
-        """Mark the run complete and point `latest` at it (an atomic symlink swap)."""
+        """Mark the run complete and, for a top-level run, point `latest` at it (an atomic symlink swap)."""
         self.set_status("complete")
+        if self.parent is not None:
+            return
         latest = self.path.parent / "latest"
         temporary = self.path.parent / f".latest.{os.getpid()}.tmp"
         if temporary.is_symlink() or temporary.exists():

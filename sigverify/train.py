@@ -7,91 +7,33 @@ the Keras optimizer under the strategy, so each replica's loss is divided by the
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from sigverify.config import TrainSettings
-from sigverify.errors import SigverifyError
+from sigverify.losses import trainable_loss_variables
+from sigverify.train_common import (
+    CHECKPOINT_DIR,
+    HISTORY_FILE,
+    NonFiniteLoss,
+    TrainResult,
+    current_learning_rate,
+    learning_rate_schedule,
+    make_optimizer,
+    read_history,
+    truncate_history,
+)
+
+__all__ = ["NonFiniteLoss", "TrainResult", "Trainer", "learning_rate_schedule", "make_optimizer", "read_history"]
 
 log = logging.getLogger(__name__)
-
-HISTORY_FILE = "history.csv"
-CHECKPOINT_DIR = "checkpoints"
-
-
-class NonFiniteLoss(SigverifyError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainResult:
-    history: dict[str, list[float]]
-    train_seconds: float
-    initial_epoch: int
-    batches_without_positives: int = 0
-    best_epoch: int | None = None
-
-
-def learning_rate_schedule(settings: TrainSettings, steps_per_epoch: int):
-    """exponential: the post's ExponentialDecay(lr, decay_steps, decay_rate) per step (with 33 steps an epoch the rate is
-    under 1e-5 by epoch 4); epoch-exponential: times decay_rate after each epoch; cosine: decays to 5% over the whole run, so every epoch still learns; constant."""
-    if settings.schedule == "exponential":
-        return keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, settings.decay_steps, settings.decay_rate)
-    if settings.schedule == "epoch-exponential":
-        return keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, steps_per_epoch, settings.decay_rate,
-                                                           staircase=True)
-    if settings.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(settings.learning_rate, settings.epochs * steps_per_epoch, alpha=0.05)
-    return settings.learning_rate
-
-
-def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    optimizer = keras.optimizers.Adam(learning_rate_schedule(settings, steps_per_epoch))
-    if settings.mixed_precision and keras.mixed_precision.dtype_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def current_learning_rate(optimizer) -> float:
-    rate = optimizer.learning_rate
-    return float(keras.ops.convert_to_numpy(rate))
-
-
-def _truncate_history(path: Path, completed_epochs: int) -> None:
-    """On resume keep exactly the epochs the checkpoint holds, so the finished history has every epoch once."""
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) < completed_epochs]
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
-    os.replace(temporary, path)
-
-
-def read_history(path: Path) -> dict[str, list[float]]:
-    if not Path(path).exists():
-        return {}
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    columns = {key: [math.nan if row[key] in ("", "NA") else float(row[key]) for row in rows]
-               for key in (rows[0].keys() if rows else [])}
-    # CSVLogger adds empty val_* columns when a run has no validation: drop them.
-    return {key: values for key, values in columns.items() if not all(math.isnan(v) for v in values)}
 
 
 class _TensorBoard(keras.callbacks.TensorBoard):
@@ -105,8 +47,10 @@ class _TensorBoard(keras.callbacks.TensorBoard):
 class Trainer:
     """Trains `model` on the batches of `train_batches(epoch)`, a tf.data dataset of (inputs, targets) per epoch.
 
-    `loss_fn(targets, outputs)` gives the mean loss of a replica's batch. `batch_has_signal(targets)` (optional) tells
-    whether a batch can teach anything (a triplet batch needs a positive pair): batches without are counted and logged.
+    `loss_fn(targets, outputs)` gives the mean loss of a replica's batch. A loss that owns trainable variables (the
+    class weights of a margin-softmax loss) has them optimized and checkpointed with the model's.
+    `batch_has_signal(targets)` (optional) tells whether a batch can teach anything (a triplet batch needs a positive
+    pair): batches without are counted and logged.
     """
 
     def __init__(self, model, loss_fn, optimizer, strategy, run_dir: Path, *, write_files: bool = True,
@@ -117,25 +61,31 @@ class Trainer:
         if write_files:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.batch_has_signal = batch_has_signal
+        loss_variables = trainable_loss_variables(loss_fn)
+        self.trainable_variables = model.trainable_variables + loss_variables
         with strategy.scope():
-            self.optimizer.build(model.trainable_variables)
+            self.optimizer.build(self.trainable_variables)
             self.completed_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.best_val_loss = tf.Variable(np.inf, dtype=tf.float32, trainable=False)
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, completed_epochs=self.completed_epochs,
-                                              best_val_loss=self.best_val_loss)
+                                              best_val_loss=self.best_val_loss,
+                                              **({"loss_variables": loss_variables} if loss_variables else {}))
         checkpoint_dir = self.run_dir / CHECKPOINT_DIR
         if not write_files:  # multi-worker: every worker must save, only the chief's copy is kept
-            checkpoint_dir = Path(tempfile.mkdtemp(prefix="sigverify-worker-ckpt-"))
+            self._worker_checkpoints = tempfile.TemporaryDirectory(prefix="sigverify-worker-ckpt-")  # removed with self
+            checkpoint_dir = Path(self._worker_checkpoints.name)
         self.last = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir / "last"), max_to_keep=1)
         self.best = tf.train.CheckpointManager(self.checkpoint, str(checkpoint_dir / "best"), max_to_keep=1)
         self._train_step = tf.function(self._distributed_train_step, jit_compile=jit or None)
         self._eval_step = tf.function(self._distributed_eval_step, jit_compile=jit or None)
 
     def restore(self) -> int:
-        """Continue from the last completed epoch if the run folder has a checkpoint; returns that epoch count."""
-        if self.last.latest_checkpoint:
-            self.checkpoint.restore(self.last.latest_checkpoint).assert_existing_objects_matched()
-            log.info("resumed from %s after epoch %d", self.last.latest_checkpoint, int(self.completed_epochs.numpy()))
+        """Continue from the last completed epoch if the run folder has a checkpoint; returns that epoch count. A
+        non-chief worker also resumes from its run folder's checkpoint, though it saves its own elsewhere."""
+        latest = tf.train.latest_checkpoint(str(self.run_dir / CHECKPOINT_DIR / "last"))
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            log.info("resumed from %s after epoch %d", latest, int(self.completed_epochs.numpy()))
         return int(self.completed_epochs.numpy())
 
     def _replica_train_step(self, inputs, targets):
@@ -145,8 +95,8 @@ class Trainer:
             regularization = tf.add_n(self.model.losses) if self.model.losses else 0.0
             scaled = (loss + regularization) / self.strategy.num_replicas_in_sync
             scaled = self.optimizer.scale_loss(scaled)
-        gradients = tape.gradient(scaled, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         empty = tf.constant(0.0) if self.batch_has_signal is None else 1.0 - tf.cast(self.batch_has_signal(targets), tf.float32)
         return loss, empty
 
@@ -173,7 +123,7 @@ class Trainer:
         history_path = self.run_dir / HISTORY_FILE
         callbacks = []
         if self.write_files:
-            _truncate_history(history_path, initial_epoch)
+            truncate_history(history_path, initial_epoch)
             callbacks = [keras.callbacks.CSVLogger(str(history_path), append=initial_epoch > 0),
                          _TensorBoard(str(self.run_dir / "tensorboard"), write_graph=False)]
         callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose > 0,

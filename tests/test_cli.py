@@ -36,7 +36,7 @@ def test_baseline_on_a_small_synthetic_set(tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0.0 <= result["hard_max_accuracy"] <= 1.0 and 0.0 <= result["easy_max_accuracy"] <= 1.0
-    assert result["n_pairs"]["hard"] == 2 * 12 and len(result["test_writers"]) == 2
+    assert result["n_pairs"]["hard"] == 2 * 12 and len(result["writers"]) == 2
 
 
 @pytest.mark.parametrize("make_bad, expected", [

@@ -23,6 +23,7 @@ GENERATOR_VERSION = "synthetic-signatures/1"
 # CEDAR's image size range in pixels.
 MIN_WIDTH, MAX_WIDTH = 264, 888
 MIN_HEIGHT, MAX_HEIGHT = 145, 816
+_MIN_ASPECT_RATIO = 1.1  # width / height: signatures are wider than tall
 
 # Control points (x, y) of letter-like pen paths, y in x-heights (baseline 0, x-height 1, ascenders up to
 # about 2.4, descenders down to about -1.4). A glyph starts at (0, 0) and ends at its exit point, where
@@ -117,7 +118,7 @@ class _WriterStyle:
     downstroke_pressure: float  # relative extra width on strokes drawn downwards
     pressure_variation: float
     taper_px: float  # length over which a fast stroke thins out at its start and end
-    ink_level: float
+    ink_level: float  # grey level of full ink, 0 black
     page_margins: np.ndarray  # left, right, top, bottom blank space as fractions of the ink's width or height
     n_forgers: int
 
@@ -153,7 +154,7 @@ def generate_synthetic_dataset(out_dir, n_writers: int = 55, n_samples: int = 24
     never leaves a folder that looks complete.
     """
     out_dir = pathlib.Path(out_dir)
-    for name, value, minimum in (("n_writers", n_writers, 1), ("n_samples", n_samples, 2), ("seed", seed, 0)):
+    for name, value, minimum in (("n_writers", n_writers, 1), ("n_samples", n_samples, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
             raise ConfigError(f"synthetic data: {name} must be an integer >= {minimum}, got {value!r}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -197,12 +198,6 @@ def _write_png(path: pathlib.Path, image: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- writers and forgers
 
 
-def _perturbed_glyph(glyph, rng: np.random.Generator, jitter: float, scale_x: float = 1.0,
-                     scale_y: float = 1.0) -> np.ndarray:
-    points = np.asarray(glyph, dtype=np.float64) * (scale_x, scale_y)
-    return points + rng.normal(0.0, jitter, points.shape)
-
-
 def _writer_style(rng: np.random.Generator) -> _WriterStyle:
     letters = list(_LOWERCASE_FREQUENCY)
     letter_probability = np.array(list(_LOWERCASE_FREQUENCY.values()), dtype=np.float64)
@@ -219,13 +214,13 @@ def _writer_style(rng: np.random.Generator) -> _WriterStyle:
         # A writer forms each letter their own way, the same way every time.
         if name not in own_glyphs:
             if name in _CAPITAL_GLYPHS:
-                own_glyphs[name] = _perturbed_glyph(_CAPITAL_GLYPHS[name], rng, 0.08, capital_size * letter_width,
-                                                    capital_size)
+                glyph = np.asarray(_CAPITAL_GLYPHS[name], dtype=np.float64) * capital_size
+                glyph[:, 0] *= letter_width
             else:
                 glyph = np.asarray(_LOWERCASE_GLYPHS[name], dtype=np.float64)
                 heights = np.where(glyph[:, 1] > 1.0, 1.0 + (glyph[:, 1] - 1.0) * ascender, glyph[:, 1])
                 glyph = np.column_stack([glyph[:, 0] * letter_width, heights * lowercase_height])
-                own_glyphs[name] = glyph + rng.normal(0.0, 0.07, glyph.shape)
+            own_glyphs[name] = glyph + rng.normal(0.0, 0.075, glyph.shape)
         return own_glyphs[name]
 
     def word(n_letters: int, gap_before: float) -> _Word:
@@ -280,9 +275,9 @@ def _forger_traits(style: _WriterStyle, rng: np.random.Generator) -> _ForgerTrai
         slant_offset=rng.normal(0.0, 0.12),
         rotation_offset_deg=rng.normal(0.0, 2.5),
         size_factor=float(np.clip(rng.normal(1.0, 0.07), 0.8, 1.2)),
-        tremor_px=rng.uniform(0.4, 1.3),
+        tremor_px=rng.uniform(0.3, 1.0),
         tremor_correlation_px=rng.uniform(2.0, 5.0),
-        wobble_px=rng.uniform(0.5, 1.5),
+        wobble_px=rng.uniform(0.3, 1.1),
         blob_rate=rng.uniform(1.0, 4.0),
         pen_lift_rate=rng.uniform(0.5, 2.5),
         width_factor=rng.uniform(0.7, 1.25),
@@ -334,8 +329,11 @@ def _compose_strokes(style: _WriterStyle, rng: np.random.Generator, jitter: floa
 
 
 def _catmull_rom(control_points: np.ndarray) -> np.ndarray:
-    """Dense points of the centripetal Catmull-Rom spline through control_points (no cusps or self-loops
-    from uneven spacing, unlike the uniform variant)."""
+    """Dense points of the centripetal Catmull-Rom spline through control_points.
+
+    The centripetal variant, unlike the uniform one, makes no spurious cusps or loops where control
+    points are unevenly spaced.
+    """
     padded = np.vstack([2 * control_points[0] - control_points[1], control_points,
                         2 * control_points[-1] - control_points[-2]])
     knot_steps = np.maximum(np.sqrt(np.hypot(*np.diff(padded, axis=0).T)), 1e-3)
@@ -399,8 +397,7 @@ def _smooth_noise(rng: np.random.Generator, length: int, correlation: float) -> 
     radius = int(np.ceil(3 * correlation))
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / correlation) ** 2)
     white = rng.standard_normal(length + 2 * radius)
-    smooth = np.convolve(white, kernel / np.sqrt(np.sum(kernel ** 2)), mode="valid")
-    return smooth
+    return np.convolve(white, kernel / np.sqrt(np.sum(kernel ** 2)), mode="valid")
 
 
 def _unit_tangents(path: np.ndarray) -> np.ndarray:
@@ -427,24 +424,25 @@ def _fit_to_page(paths: list[np.ndarray], scale_px: float, page_margins: np.ndar
     """
     all_points = np.concatenate(paths)
     extent = np.ptp(all_points, axis=0)
-    scale_px = min(scale_px, (MAX_WIDTH - 2 * margin_px) / (1.12 * extent[0]),
-                   (MAX_HEIGHT - 2 * margin_px) / (1.9 * extent[1]))
-    ink_width, ink_height = extent * scale_px
     fractions = np.maximum(page_margins + rng.normal(0.0, 1.0, 4) * (0.015, 0.015, 0.08, 0.08), 0.0)
+    max_height = min(MAX_HEIGHT, MAX_WIDTH / _MIN_ASPECT_RATIO)  # room to widen a tall page
+    scale_px = min(scale_px, (MAX_WIDTH - 2 * margin_px) / ((1 + fractions[0] + fractions[1]) * extent[0]),
+                   (max_height - 2 * margin_px) / ((1 + fractions[2] + fractions[3]) * extent[1]))
+    ink_width, ink_height = extent * scale_px
     left, right, top, bottom = fractions * (ink_width, ink_width, ink_height, ink_height) + margin_px
     width = ink_width + left + right
     height = ink_height + top + bottom
     if height < MIN_HEIGHT:
         extra = MIN_HEIGHT - height
         top, height = top + extra * rng.uniform(0.3, 0.7), MIN_HEIGHT
-    min_width = max(MIN_WIDTH, 1.1 * height)  # signatures are wider than tall
+    min_width = max(MIN_WIDTH, _MIN_ASPECT_RATIO * height)
     if width < min_width:
         extra = min_width - width
         left, width = left + extra * rng.uniform(0.3, 0.7), min_width
     origin = np.array([all_points[:, 0].min(), all_points[:, 1].max()])
     placed = [np.column_stack([left + (path[:, 0] - origin[0]) * scale_px, top + (origin[1] - path[:, 1]) * scale_px])
               for path in paths]
-    return placed, (int(np.ceil(height)), int(np.ceil(width)))
+    return placed, (min(int(np.ceil(height)), MAX_HEIGHT), min(int(np.ceil(width)), MAX_WIDTH))
 
 
 def _signature_paths(style: _WriterStyle, forger: _ForgerTraits | None, rng: np.random.Generator,
@@ -546,11 +544,11 @@ def _render(pen_strokes: list[tuple[np.ndarray, np.ndarray]], blobs: list[tuple[
                           _FIXED_POINT_BITS)
     for center, radius in blobs:
         cv2.circle(coverage, tuple(int(v) for v in np.round(center * to_fixed_point)),
-                   int(round(radius * to_fixed_point)), 255, -1, cv2.LINE_8, _FIXED_POINT_BITS)
+                   round(radius * to_fixed_point), 255, -1, cv2.LINE_8, _FIXED_POINT_BITS)
     for _ in range(rng.poisson(3.0)):  # dust and scanner specks
         center = rng.uniform((0, 0), (width, height)) * to_fixed_point
         cv2.circle(coverage, tuple(int(v) for v in np.round(center)),
-                   int(round(rng.uniform(0.4, 1.2) * to_fixed_point)), int(rng.integers(60, 200)), -1,
+                   round(rng.uniform(0.4, 1.2) * to_fixed_point), int(rng.integers(60, 200)), -1,
                    cv2.LINE_8, _FIXED_POINT_BITS)
     ink = cv2.resize(coverage, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / np.float32(255)
 
@@ -564,5 +562,5 @@ def _render(pen_strokes: list[tuple[np.ndarray, np.ndarray]], blobs: list[tuple[
     paper = cv2.resize(smooth_paper.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
     row, column = rng.integers(0, _NOISE_TILE_SIZE - height + 1), rng.integers(0, _NOISE_TILE_SIZE - width + 1)
     paper += np.float32(rng.uniform(0.3, 0.9)) * noise_tile[row:row + height, column:column + width]
-    page = paper - ink * (paper - np.float32(ink_level))
+    page = paper - ink * (paper - np.float32(max(ink_level, 0.0)))
     return cv2.convertScaleAbs(page)  # rounds and saturates to 0..255
