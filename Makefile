@@ -17,15 +17,22 @@ MIXED_PRECISION ?=
 JIT ?=
 MODELS ?=
 SEEDS ?=
+FOLDS ?=
+LOSS ?=
+LOSSES ?=
+METHOD ?=
+STARTS ?=
+UNLABELLED ?=
 export SIGVERIFY_CACHE ?= $(CURDIR)/data/cache
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 EXPERIMENT_FLAGS = --profile $(PROFILE) --runs $(RUNS) \
 	$(if $(DATA),--data $(DATA)) $(if $(RESUME),--resume $(RESUME)) $(if $(SEED),--seed $(SEED)) \
 	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(CPU_DEVICES),--cpu-devices $(CPU_DEVICES)) \
-	$(if $(filter 1,$(MIXED_PRECISION)),--mixed-precision) $(if $(filter 1,$(JIT)),--jit) $(ARGS)
+	$(if $(filter 1,$(MIXED_PRECISION)),--mixed-precision) $(if $(filter 1,$(JIT)),--jit) \
+	$(if $(FOLDS),--folds $(FOLDS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(LOSS),--loss $(LOSS)) $(ARGS)
 
-.PHONY: install exp-triplet exp-contrastive exp-models data-synthetic test lint clean-cache
+.PHONY: install exp-triplet exp-contrastive exp-models exp-losses exp-pretrain exp-pretrain-compare data-synthetic test lint clean-cache bench-gpu
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,13 +54,59 @@ exp-contrastive: install
 
 # MODELS=small_resnet50,base_cnn picks zoo models (default: all but the contrastive one); SEEDS=3 repeats each.
 exp-models: install
-	$(PY) experiments/models.py $(EXPERIMENT_FLAGS) $(if $(MODELS),--zoo $(MODELS)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PY) experiments/models.py $(EXPERIMENT_FLAGS) $(if $(MODELS),--zoo $(MODELS))
+
+# LOSSES=semihard,arcface picks losses (default: all seven); FOLDS=5 (writer-disjoint folds) and SEEDS=3 repeat each.
+exp-losses: install
+	$(PY) experiments/losses.py $(EXPERIMENT_FLAGS) $(if $(LOSSES),--losses $(LOSSES))
+
+# METHOD=simclr|moco|synthetic (default simclr); UNLABELLED=synthetic or a folder of images (default: the training
+# writers' images of DATA). Pretraining length: ARGS="--pretrain-epochs 50".
+exp-pretrain: install
+	$(PY) experiments/pretrain.py $(EXPERIMENT_FLAGS) $(if $(METHOD),--method $(METHOD)) $(if $(UNLABELLED),--unlabelled $(UNLABELLED))
+
+# STARTS=random,simclr,moco,synthetic,imagenet picks the starts (default: all; imagenet where it can be loaded);
+# SEEDS=3 repeats each fine-tuning; FOLDS=5 ARGS="--fold 2" runs one fold (pretraining sees that fold's training writers).
+exp-pretrain-compare: install
+	$(PY) experiments/pretrain_compare.py $(EXPERIMENT_FLAGS) $(if $(STARTS),--starts $(STARTS)) $(if $(UNLABELLED),--unlabelled $(UNLABELLED))
 
 test: install
 	$(PY) -m pytest -q
 
+# Training speed of the blog profile on the JAX backend (float32 and mixed_bfloat16: images/s, TFLOP/s, peak memory).
+# BENCH_ARGS="--loss-sweep --profile-step" adds the loss at B = 1024..16384 and a step's parts; on a CPU pass a small
+# size: BENCH_ARGS="--image-size 64 --batch-size 8 --steps 3".
+bench-gpu: install
+	$(PY) -m sigverify.bench_gpu $(BENCH_ARGS)
+
 lint: install
-	$(VENV)/bin/ruff check sigverify experiments tests
+	$(VENV)/bin/ruff check sigverify experiments tests benchmarks
 
 clean-cache:
 	rm -rf data/cache
+
+# Multi-worker training on this machine: WORKERS processes of one MultiWorkerMirroredStrategy cluster, each with its
+# own TF_CONFIG on loopback ports; worker 0 (the chief) writes the run folder (README, "Scaling").
+WORKERS ?= 2
+.PHONY: exp-triplet-multiworker bench bench-loss bench-train bench-pipeline bench-contrastive
+
+exp-triplet-multiworker: install $(if $(DATA),,data-synthetic)
+	$(PY) -m sigverify.launch --workers $(WORKERS) experiments/triplet.py $(EXPERIMENT_FLAGS)
+
+# Benchmarks (not tests; CI does not run them): results in benchmarks/results/<name>.json, the table in
+# benchmarks/README.md. BENCH_ARGS="--full" gives bench-train, bench-pipeline and bench-contrastive more steps.
+BENCH_ARGS ?=
+bench: bench-loss bench-train bench-pipeline bench-contrastive
+	$(PY) benchmarks/table.py
+
+bench-loss: install
+	$(PY) benchmarks/bench_loss.py
+
+bench-train: install
+	$(PY) benchmarks/bench_train.py $(BENCH_ARGS)
+
+bench-pipeline: install
+	$(PY) benchmarks/bench_pipeline.py $(BENCH_ARGS)
+
+bench-contrastive: install
+	$(PY) benchmarks/bench_contrastive.py $(BENCH_ARGS)

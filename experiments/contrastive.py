@@ -10,12 +10,14 @@ the images themselves. Either way `model.keras` is the whole embedding model: im
 
 import sys
 
+import keras
 import numpy as np
 
 from sigverify.config import CONTRASTIVE_PROFILES
 from sigverify.data.feed import pair_batches
 from sigverify.distances import evaluation_metric_for
 from sigverify.distribute import describe_strategy, is_chief
+from sigverify.errors import ConfigError
 from sigverify.experiment import run_experiment
 from sigverify.losses import ContrastiveLoss
 from sigverify.models import (
@@ -28,10 +30,15 @@ from sigverify.models import (
 )
 from sigverify.pipeline import cached_features, embed, environment, evaluate_and_report, prepare_experiment
 from sigverify.plots import plot_embedding_3d
+from sigverify.protocol import repeated
 from sigverify.train import Trainer, make_optimizer
 
 
 def prepare(config):
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError("the contrastive experiment trains through tf.distribute: run it with "
+                          "KERAS_BACKEND=tensorflow (the triplet experiment also runs on JAX)")
+
     def check_settings():
         validate_pretrained_settings(config.model.backbone, config.image.image_size)
         if config.model.unfreeze_from:
@@ -95,4 +102,5 @@ def train_and_evaluate(run, config, prepared):
 
 
 if __name__ == "__main__":
-    sys.exit(run_experiment("contrastive", CONTRASTIVE_PROFILES, prepare, train_and_evaluate, description=__doc__))
+    sys.exit(run_experiment("contrastive", CONTRASTIVE_PROFILES, prepare, repeated(train_and_evaluate),
+                            description=__doc__))

@@ -28,7 +28,7 @@ from sigverify.distances import evaluation_metric_for
 from sigverify.errors import ConfigError
 from sigverify.experiment import run_experiment
 from sigverify.losses import ContrastiveLoss, describe_loss
-from sigverify.models import build_siamese
+from sigverify.models import build_siamese, resolve_weights
 from sigverify.pipeline import (
     check_embedding_model_settings,
     check_loss_settings,
@@ -74,6 +74,9 @@ def prepare(config):
 
     def check_settings():
         check_embedding_model_settings(config)
+        # Tried once per process, and a failed ImageNet download builds a throw-away model: done here, it cannot shift
+        # the seeded initialisation of the first sub-run, so every loss starts from the same weights for a seed.
+        resolve_weights(config.model.weights, config.model.backbone)
         for name in names:
             if name != "contrastive":
                 check_loss_settings(with_loss(config, name))

@@ -1,10 +1,10 @@
 """Model zoo (the post's Table 1 and Figures 12, 14, 15): every MODEL_ZOO model trained with the same triplet recipe and
 seed(s), each evaluated as the triplet experiment does, then one comparison table and three comparison figures.
 
-Each model and seed is a complete sub-run in its own folder of the run (`<model>-seed<n>/`, as exp-triplet writes it);
-the two pretrained baselines are not trained: their globally average-pooled backbone features are compared with cosine
-distance. A model whose cut needs bigger images than `--image-size` runs at its own minimum size (the table says which).
-A resumed run skips the sub-runs that have finished and continues an interrupted one from its last epoch.
+Each model, fold and seed is a complete sub-run in its own folder of the run (`<model>-seed<s>/`, as exp-triplet writes
+it); the two pretrained baselines are not trained: their globally average-pooled backbone features are compared with
+cosine distance. A model whose cut needs bigger images than `--image-size` runs at its own minimum size (the table says
+which). A resumed run keeps the finished sub-runs and continues an interrupted one from its last epoch.
 
     python experiments/models.py --profile quick [--data DIR] [--zoo small_resnet50,base_cnn] [--seeds 3]
     (or: make exp-models MODELS=small_resnet50,base_cnn SEEDS=3)
@@ -15,19 +15,17 @@ import json
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from sigverify import plots
 from sigverify.config import MODELS_PROFILES
-from sigverify.distribute import describe_strategy
-from sigverify.errors import ConfigError, DataError
-from sigverify.evaluate import evaluate_embeddings
-from sigverify.experiment import run_experiment, seed_everything
+from sigverify.errors import ConfigError
+from sigverify.experiment import run_experiment
 from sigverify.losses import TripletSemiHardLoss
 from sigverify.models import MODEL_ZOO, build_zoo_model, minimum_image_size, resolve_weights, validate_zoo_model
 from sigverify.pipeline import (
     Prepared,
+    describe_placement,
     environment,
     evaluate_and_report,
     prepare_data,
@@ -35,22 +33,24 @@ from sigverify.pipeline import (
     train_and_report,
 )
 from sigverify.preprocess import PreprocessConfig
-from sigverify.runs import CONFIG_FILE, write_text, write_yaml, writing
+from sigverify.protocol import run_repeats
+from sigverify.runs import write_text, writing
+from sigverify.tables import (
+    BOOTSTRAP_RESAMPLES,
+    DEPLOYMENT_COLUMNS,
+    HEADERS,
+    PROTOCOL_NOTE,
+    read_pair_scores,
+    summary_cell,
+    summary_markdown,
+    summary_table,
+)
 
 FROM_SCRATCH = ("base_cnn", "base_unet")
-METRIC_COLUMNS = {  # table column -> (pair set, metrics.json key)
-    "hard_max_accuracy": ("hard", "max_accuracy"),
-    "hard_eer": ("hard", "eer"),
-    "easy_max_accuracy": ("easy", "max_accuracy"),
-    "hard_auc": ("hard", "auc"),
-    "hard_honest_accuracy": ("hard", "accuracy_at_train_threshold"),
-}
-MARKDOWN_COLUMNS = {
-    "model": "model", "description": "description", "cut_layer": "cut layer", "image_size": "image", "parameters": "parameters",
-    "file_mb": "model.keras (MB)", "weights": "weights", "train_seconds": "train s",
-    "hard_max_accuracy": "max accuracy, skilled", "hard_eer": "EER, skilled", "easy_max_accuracy": "max accuracy, random",
-    "hard_auc": "AUC, skilled", "hard_honest_accuracy": "honest accuracy, skilled", "post": "post: max accuracy / EER",
-}
+METRIC_COLUMNS = ["train_seconds", "hard_max_accuracy", "hard_eer", "easy_max_accuracy", "hard_auc",
+                  "hard_honest_accuracy"]
+FACT_HEADERS = {"model": "model", "description": "description", "cut_layer": "cut layer", "image_size": "image",
+                "parameters": "parameters", "file_mb": "model.keras (MB)", "weights": "weights", "runs": "runs"}
 
 
 @dataclass
@@ -104,16 +104,14 @@ def prepare(config) -> ZooPrepared:
     return ZooPrepared(image_sizes, by_size)
 
 
-def sub_run_config(config, name: str, image_size: int, seed: int):
-    """The settings of one model's sub-run, saved as its config.yaml (so that `sigverify verify --run` can use it)."""
+def model_config(config, name: str, image_size: int):
+    """The settings of one model's runs, saved in each sub-run's config.yaml (so that `sigverify verify --run` works)."""
     entry = MODEL_ZOO[name]
     sub = with_image_size(config, image_size)
     sub.model.zoo = name
     sub.model.backbone = "none" if entry.kind in FROM_SCRATCH else entry.backbone  # "none": images scaled to [0, 1]
     sub.model.cut_layer = entry.cut_layer
     sub.model.normalize = entry.normalize
-    sub.train.seed = seed
-    sub.train.seeds = 1
     if entry.kind == "pretrained":
         sub.train.epochs = 0
     return sub
@@ -126,9 +124,10 @@ def model_weights(name: str, requested: str) -> tuple[str | None, str]:
     return resolve_weights(requested, entry.backbone)
 
 
-def train_zoo_model(sub, config, prepared: Prepared, name: str) -> dict:
-    """The triplet experiment's training and evaluation, with the zoo model `name`."""
-    entry, train, size = MODEL_ZOO[name], config.train, config.image.image_size
+def train_zoo_model(sub, config, prepared: Prepared) -> dict:
+    """The triplet experiment's training and evaluation, with the zoo model `config.model.zoo`."""
+    name, train, size = config.model.zoo, config.train, config.image.image_size
+    entry = MODEL_ZOO[name]
 
     def build_model():
         weights, weights_description = model_weights(name, config.model.weights)
@@ -140,9 +139,9 @@ def train_zoo_model(sub, config, prepared: Prepared, name: str) -> dict:
                             loss_description=f"TripletSemiHardLoss(margin={train.margin}, {train.distance_metric})")
 
 
-def evaluate_pretrained_baseline(sub, config, prepared: Prepared, name: str) -> dict:
+def evaluate_pretrained_baseline(sub, config, prepared: Prepared) -> dict:
     """No training: the backbone's globally average-pooled features as embeddings, compared with cosine distance."""
-    size = config.image.image_size
+    name, size = config.model.zoo, config.image.image_size
     with prepared.strategy.scope():
         weights, weights_description = model_weights(name, config.model.weights)
         model = build_zoo_model(name, (size, size, 3), weights)
@@ -152,7 +151,7 @@ def evaluate_pretrained_baseline(sub, config, prepared: Prepared, name: str) -> 
         "model_description": f"{MODEL_ZOO[name].description} (whole backbone + global average pooling)",
         "loss_description": "none (not trained)",
         "train_seconds": 0.0,
-        "strategy": describe_strategy(prepared.strategy),
+        "strategy": describe_placement(prepared.strategy),
         "precision": prepared.precision,
         "environment": environment(),
     }
@@ -160,49 +159,33 @@ def evaluate_pretrained_baseline(sub, config, prepared: Prepared, name: str) -> 
 
 
 def run_models(run, config, zoo: ZooPrepared) -> dict:
-    names, seeds = list(zoo.image_sizes), [config.train.seed + i for i in range(config.train.seeds)]
-    results = []
-    for name in names:
-        size = zoo.image_sizes[name]
-        prepared = zoo.by_size[size]
-        for seed in seeds:
-            sub = run.child(f"{name}-seed{seed}")
-            if sub.is_complete():
-                print(f"{name}, seed {seed}: finished earlier, kept ({sub.path})", file=sys.stderr)
-            else:
-                print(f"{name}, seed {seed}: {size}×{size} images → {sub.path}", file=sys.stderr)
-                sub_config = sub_run_config(config, name, size, seed)
-                seed_everything(seed, config.train.deterministic)
-                with sub.running():
-                    write_yaml(sub.file(CONFIG_FILE), sub_config.to_dict())
-                    run_one = evaluate_pretrained_baseline if MODEL_ZOO[name].kind == "pretrained" else train_zoo_model
-                    run_one(sub, sub_config, prepared, name)
-            results.append(sub_run_result(sub.path, name, seed, size, prepared.data.test.pairs))
-    table = comparison_table(results)
+    folders = {}
+    for name, size in zoo.image_sizes.items():
+        body = evaluate_pretrained_baseline if MODEL_ZOO[name].kind == "pretrained" else train_zoo_model
+        folders[name] = run_repeats(run, model_config(config, name, size), zoo.by_size[size], body, prefix=f"{name}-")
+    summary, runs = summary_table(folders, "model")
+    table = model_facts(folders, zoo.image_sizes).merge(summary, on="model")
+    table["post_max_accuracy"] = [MODEL_ZOO[name].reported_max_accuracy for name in table["model"]]
+    table["post_eer"] = [MODEL_ZOO[name].reported_eer for name in table["model"]]
     write_text(run.file("table.csv"), table.to_csv(index=False, float_format="%.6g"))
-    markdown = table_markdown(table, config, seeds)
+    write_text(run.file("runs.csv"), runs.to_csv(index=False, float_format="%.6g"))
+    markdown = table_markdown(table, config)
     write_text(run.file("table.md"), markdown)
-    write_figures(run, config, table, results)
+    write_figures(run, config, table, folders)
     print(markdown)
     return {"models": table.to_dict(orient="records")}
 
 
-def sub_run_result(path, name: str, seed: int, image_size: int, test_pairs: pd.DataFrame) -> dict:
-    """A finished sub-run's numbers (from its files, so that a resumed run reads the earlier ones the same way) and the
-    cosine distances of its test pairs (the post's Figures 14 and 15 are of cosine distances, whatever the training
-    distance)."""
-    metrics = json.loads((path / "metrics.json").read_text())
-    embeddings = np.load(path / "embeddings.npz")["embeddings"]
-    if len(embeddings) != metrics["n_test_images"]:
-        raise DataError(f"{path / 'embeddings.npz'}: {len(embeddings)} embeddings for {metrics['n_test_images']} test "
-                        "images; expected one per test image")
-    _, scores = evaluate_embeddings(embeddings, test_pairs, metric="cosine")
-    row = {"model": name, "seed": seed, "image_size": image_size, "parameters": metrics["params"],
-           "file_mb": (path / "model.keras").stat().st_size / 1e6, "weights": short_weights(metrics["weights"]),
-           "train_seconds": metrics["train_seconds"]}
-    for column, (pair_set, key) in METRIC_COLUMNS.items():
-        row[column] = (metrics.get(pair_set) or {}).get(key)
-    return {"row": row, "cosine_scores": scores}
+def model_facts(folders: dict, image_sizes: dict[str, int]) -> pd.DataFrame:
+    """Per model what does not change between its runs, from its first run's folder."""
+    rows = []
+    for name, paths in folders.items():
+        metrics = json.loads((paths[0] / "metrics.json").read_text())
+        rows.append({"model": name, "description": MODEL_ZOO[name].description,
+                     "cut_layer": MODEL_ZOO[name].cut_layer or "", "image_size": image_sizes[name],
+                     "parameters": metrics["params"], "file_mb": (paths[0] / "model.keras").stat().st_size / 1e6,
+                     "weights": short_weights(metrics["weights"])})
+    return pd.DataFrame(rows)
 
 
 def short_weights(description: str) -> str:
@@ -213,82 +196,68 @@ def short_weights(description: str) -> str:
     return "random init" if description.startswith("random") else description
 
 
-def comparison_table(results: list[dict]) -> pd.DataFrame:
-    """One row per model: its facts, the metrics (mean and sample standard deviation over seeds when there are several),
-    and the post's figures."""
-    runs = pd.DataFrame([result["row"] for result in results])
-    several_seeds = runs["seed"].nunique() > 1
-    measured = ["train_seconds", *METRIC_COLUMNS]
-    rows = []
-    for name, group in runs.groupby("model", sort=False):
-        entry = MODEL_ZOO[name]
-        row = {"model": name, "description": entry.description, "cut_layer": entry.cut_layer or "",
-               **group.iloc[0][["image_size", "parameters", "file_mb", "weights"]].to_dict(), "seeds": len(group)}
-        for column in measured:
-            values = group[column].astype(float)
-            if several_seeds:
-                row[f"{column}_mean"], row[f"{column}_std"] = values.mean(), values.std(ddof=1)
-            else:
-                row[column] = values.iloc[0]
-        row["post_max_accuracy"], row["post_eer"] = entry.reported_max_accuracy, entry.reported_eer
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def _number(value, digits: int) -> str:
     return "—" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
-def _cell(row: pd.Series, column: str, digits: int) -> str:
-    if column in row:
-        return _number(row[column], digits)
-    return f"{_number(row[f'{column}_mean'], digits)} ± {_number(row[f'{column}_std'], digits)}"
-
-
-def table_markdown(table: pd.DataFrame, config, seeds: list[int]) -> str:
-    lines = ["| " + " | ".join(MARKDOWN_COLUMNS.values()) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
+def table_markdown(table: pd.DataFrame, config) -> str:
+    """Title and settings, the models table (facts, metrics as `tables.summary_cell` writes them, the post's figures),
+    the deployment table, and the note on what the cells are."""
+    headers = [*FACT_HEADERS.values(), *(HEADERS[c] for c in METRIC_COLUMNS), "post: max accuracy / EER"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for _, row in table.iterrows():
         post = (f"{_number(row['post_max_accuracy'], 3)} / {_number(row['post_eer'], 3)}"
                 if pd.notna(row["post_max_accuracy"]) else "—")
         cells = [f"`{row['model']}`", row["description"], f"`{row['cut_layer']}`" if row["cut_layer"] else "—",
                  f"{row['image_size']}×{row['image_size']}", f"{int(row['parameters']):,}", _number(row["file_mb"], 1),
-                 row["weights"], _cell(row, "train_seconds", 0),
-                 *[_cell(row, column, 3) for column in METRIC_COLUMNS], post]
+                 row["weights"], str(int(row["runs"])), *[summary_cell(row, column) for column in METRIC_COLUMNS], post]
         lines.append("| " + " | ".join(cells) + " |")
     train = config.train
-    notes = [
+    seeds = f"seed {train.seed}" if train.seeds == 1 else f"seeds {train.seed}…{train.seed + train.seeds - 1}"
+    folds = f" on each of {config.data.folds} writer-disjoint folds" if config.data.folds > 1 else ""
+    return "\n".join([
         f"# Model zoo: profile `{config.profile}`",
         "",
         (f"Every model trained with TripletSemiHardLoss(margin={train.margin}, {train.distance_metric}), {train.epochs} "
          f"epochs, batch {train.batch_size} ({train.sampler} sampler), Adam {train.learning_rate:g} with the "
-         f"{train.schedule} schedule; seed(s) {', '.join(map(str, seeds))}. The pretrained baselines are not trained "
-         "(global average pooling of the whole backbone, cosine distance)."
-         + ("" if len(seeds) == 1 else f" Each cell is the mean ± sample standard deviation over the {len(seeds)} seeds.")),
+         f"{train.schedule} schedule, {seeds}{folds}. The pretrained baselines are "
+         "not trained (global average pooling of the whole backbone, cosine distance). The post's figures used ImageNet "
+         "weights on CEDAR: where the weights column says otherwise they are not a like-for-like target."),
         "",
-        ("Max accuracy and EER use the threshold chosen on the test pairs themselves (an oracle, as the post did); the "
-         "honest accuracy applies the threshold chosen on the training writers' pairs. \"skilled\": genuine vs skilled "
-         "forgery pairs; \"random\": genuine vs another writer's signature. The post's figures used ImageNet weights on "
-         "CEDAR: where the weights column says otherwise they are not a like-for-like target."),
+        *lines,
         "",
-    ]
-    return "\n".join(notes + lines) + "\n"
+        "Verification against enrolled references and writer identification:",
+        "",
+        summary_markdown(table, "model", DEPLOYMENT_COLUMNS),
+        "",
+        PROTOCOL_NOTE.format(resamples=BOOTSTRAP_RESAMPLES),
+        "",
+    ])
 
 
-def write_figures(run, config, table: pd.DataFrame, results: list[dict]) -> None:
-    accuracy = table["hard_max_accuracy"] if "hard_max_accuracy" in table else table["hard_max_accuracy_mean"]
+def write_figures(run, config, table: pd.DataFrame, folders: dict) -> None:
     with writing(run.file("accuracy_vs_size.png")) as temporary:
-        plots.plot_accuracy_vs_size(table["model"], table["parameters"], accuracy, temporary,
+        plots.plot_accuracy_vs_size(table["model"], table["parameters"], table["hard_max_accuracy_mean"], temporary,
                                     title=f"Max accuracy on skilled forgeries against model size ({config.profile} "
                                           "profile)")
-    first_seed = {}
-    for result in results:  # Figures 14 and 15 overlay one run per model: its first seed
-        first_seed.setdefault(result["row"]["model"], result["cosine_scores"])
+    # Figures 14 and 15 are of cosine distances: the first run of each model scored with them (all but NONORM ones)
+    first_runs = {name: paths[0] for name, paths in folders.items()
+                  if json.loads((paths[0] / "metrics.json").read_text())["distance"] == "cosine"}
+    left_out = [name for name in folders if name not in first_runs]
     for pair_set, negatives in (("hard", "skilled forgery"), ("easy", "random forgery")):
-        curves = {name: (scores[pair_set].distances, scores[pair_set].same) for name, scores in first_seed.items()
-                  if pair_set in scores}
+        curves = {}
+        for name, path in first_runs.items():
+            scores = read_pair_scores(path).get(pair_set)
+            if scores is not None:
+                curves[name] = (scores.distances, scores.same)
+        if not curves:
+            print(f"density_{pair_set}_models.png: no cosine-scored model, not drawn", file=sys.stderr)
+            continue
+        title = f"Cosine distances of test pairs: genuine vs {negatives}"
+        if left_out:
+            title += f"; left out, not scored by cosine distance: {', '.join(left_out)}"
         with writing(run.file(f"density_{pair_set}_models.png")) as temporary:
-            plots.plot_distance_density_overlay(curves, temporary, negative_label=negatives,
-                                                title=f"Cosine distances of test pairs: genuine vs {negatives}")
+            plots.plot_distance_density_overlay(curves, temporary, negative_label=negatives, title=title)
 
 
 if __name__ == "__main__":

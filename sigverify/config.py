@@ -19,7 +19,9 @@ PROFILES = ("smoke", "quick", "blog")
 STRATEGIES = ("auto", "cpu", "mirrored", "multiworker")
 SAMPLERS = ("shuffled", "pk")
 SCHEDULES = ("exponential", "epoch-exponential", "cosine", "constant")
-WEIGHTS_HELP = "auto (imagenet if it can be loaded, else random), imagenet, none, or a path to a weights file"
+WEIGHTS_HELP = ("auto (imagenet if it can be loaded, else random), imagenet, none, a pretraining run folder "
+                "(runs/pretrain/<id>), or a path to a weights file")
+PRETRAIN_METHODS = ("simclr", "moco", "synthetic")
 
 
 @dataclass
@@ -77,12 +79,33 @@ class TrainSettings:
     cpu_devices: int | None = None
     mixed_precision: bool = False
     jit: bool = False
+    augment: bool = False  # augment the training images (sigverify.augment) at FINE_TUNING_STRENGTH
 
 
 @dataclass
 class ReportSettings:
     umap: bool = True
     gradcam_images: int = 4
+
+
+@dataclass
+class PretrainSettings:
+    """Backbone pretraining without ImageNet (make exp-pretrain, exp-pretrain-compare; sigverify.pretrain). Its own
+    length, batch and learning rate: the train section's are the fine-tuning's in exp-pretrain-compare."""
+
+    method: str = "simclr"  # simclr, moco or synthetic (triplet pretraining on synthetic writers)
+    starts: str | None = None  # exp-pretrain-compare: comma-separated starts (None: random, the methods, imagenet)
+    unlabelled: str = "train"  # SimCLR/MoCo images: train (the training writers of --data), synthetic, or a folder
+    pretrain_epochs: int = 20
+    pretrain_batch_size: int = 64  # images a step (SimCLR and MoCo see two views of each)
+    pretrain_learning_rate: float = 1e-3
+    temperature: float = 0.2  # NT-Xent and InfoNCE
+    projection_dim: int = 128
+    queue_size: int = 1024  # MoCo's negatives; keep it below the number of images (or stale copies become negatives)
+    momentum: float = 0.99  # MoCo's key encoder (the paper's 0.999 suits runs of many more steps)
+    synthetic_writers: int = 2000
+    synthetic_samples: int = 12  # genuine signatures per synthetic writer, and as many skilled forgeries
+    augment_strength: float = 1.0
 
 
 @dataclass
@@ -97,13 +120,14 @@ class ExperimentConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 SECTIONS = {"data": DataSettings, "image": ImageSettings, "model": ModelSettings, "train": TrainSettings,
-            "report": ReportSettings}
+            "report": ReportSettings, "pretrain": PretrainSettings}
 
 # Profiles of the triplet experiment. smoke: seconds, for tests. quick: the default, minutes on a 2-core CPU, with a
 # schedule that keeps learning. blog: the post's protocol (224×224, batch 64, 25 epochs, ExponentialDecay(10, 0.7)).
@@ -151,7 +175,8 @@ CONTRASTIVE_PROFILES = _merged(
 
 # Profiles of the model zoo (every MODEL_ZOO model under one triplet training; experiments/models.py). A model whose cut
 # needs bigger images than image_size runs at its own minimum (full ResNet50: 97, VGG16: 128). quick: 64×64, 8 genuine
-# + 8 forged images per writer, 4 epochs: about 30 minutes for all models on a 2-core CPU.
+# + 8 forged images per writer, 4 epochs: about 27 CPU-minutes for all models on CEDAR (VGG16 12, ResNet50 5), 15–20
+# minutes on an idle 2-core CPU.
 # blog: the post's protocol, as the triplet experiment's.
 MODELS_PROFILES = _merged(
     {"model": {"cut_layer": None}},  # each model's backbone and cut layer come from MODEL_ZOO
@@ -169,9 +194,10 @@ MODELS_PROFILES = _merged(
 
 
 # Profiles of the loss comparison (experiments/losses.py): the triplet experiment's model and P×K batches for every
-# loss; no UMAP or Grad-CAM per run (many runs). quick: sized so that 7 losses × 5 folds fit about half an hour on a
-# 2-core CPU (64×64 images, 12 genuine + 12 forged images per writer, 4 epochs). blog: the post's protocol, with P×K
-# batches of 16 × 4 = 64 so that every batch-mining loss has positives.
+# loss; no UMAP or Grad-CAM per run (many runs). quick: 64×64 images, 16 genuine + 16 forged per writer (K = 12
+# references leave 4 questioned genuine), 3 epochs: about 2 minutes a run on a busy 2-core CPU, so 7 losses × 5 folds
+# take over an hour there. blog: the post's protocol, with P×K batches of 16 × 4 = 64 so that every batch-mining loss
+# has positives.
 LOSSES_PROFILES = _merged(
     {"report": {"umap": False, "gradcam_images": 0}},
     {
@@ -179,10 +205,46 @@ LOSSES_PROFILES = _merged(
                   "model": {"cut_layer": "conv3_block4_add"},
                   "train": {"epochs": 2, "batch_size": 16, "sampler": "pk", "classes_per_batch": 4,
                             "images_per_class": 4, "schedule": "constant"}},
-        "quick": {"data": {"max_samples": 12}, "image": {"image_size": 64}, "model": {"cut_layer": "conv3_block4_add"},
-                  "train": {"epochs": 4, "batch_size": 64, "sampler": "pk", "classes_per_batch": 16,
+        "quick": {"data": {"max_samples": 16}, "image": {"image_size": 64}, "model": {"cut_layer": "conv3_block4_add"},
+                  "train": {"epochs": 3, "batch_size": 64, "sampler": "pk", "classes_per_batch": 16,
                             "images_per_class": 4, "schedule": "cosine", "learning_rate": 1e-3}},
         "blog": {"train": {"sampler": "pk", "classes_per_batch": 16, "images_per_class": 4}},
+    },
+)
+
+
+# Profiles of backbone pretraining (experiments/pretrain.py; the pretrain section's settings): from random weights,
+# the cut of the triplet experiment's quick profile, no UMAP or Grad-CAM (the evaluation is of frozen features).
+# smoke: seconds, for tests. quick: 64×64 images, about a quarter of an hour per method on a busy 2-core CPU.
+# blog: for a GPU: the post's Small ResNet50 at 224×224, long pretraining, 2,000 synthetic writers × 12.
+_PRETRAINING = {
+    "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
+              "pretrain": {"pretrain_epochs": 2, "pretrain_batch_size": 8, "queue_size": 16, "projection_dim": 32,
+                           "synthetic_writers": 6, "synthetic_samples": 4}},
+    "quick": {"image": {"image_size": 64},
+              "pretrain": {"pretrain_epochs": 8, "pretrain_batch_size": 32, "queue_size": 1024,
+                           "synthetic_writers": 150, "synthetic_samples": 12}},
+    "blog": {"model": {"cut_layer": "conv4_block6_add"}, "image": {"image_size": 224},
+             "pretrain": {"pretrain_epochs": 100, "pretrain_batch_size": 128, "queue_size": 1024,
+                          "momentum": 0.995, "synthetic_writers": 2000, "synthetic_samples": 12}},
+}
+PRETRAIN_PROFILES = _merged(
+    {"model": {"weights": "none", "cut_layer": "conv3_block4_add"}, "report": {"umap": False, "gradcam_images": 0}},
+    _PRETRAINING,
+)
+
+# Profiles of the pretraining comparison (experiments/pretrain_compare.py): each method pretrained as exp-pretrain's
+# profile does, then the same triplet fine-tuning (the train section) from each start.
+PRETRAIN_COMPARE_PROFILES = _merged(
+    {"model": {"cut_layer": "conv3_block4_add"}, "report": {"umap": False, "gradcam_images": 0}},
+    {
+        "smoke": {**_PRETRAINING["smoke"],
+                  "train": {"epochs": 2, "batch_size": 16, "sampler": "pk", "classes_per_batch": 4,
+                            "images_per_class": 4, "schedule": "constant"}},
+        "quick": {**_PRETRAINING["quick"],
+                  "train": {"epochs": 4, "batch_size": 64, "sampler": "pk", "classes_per_batch": 16,
+                            "images_per_class": 4, "schedule": "cosine", "learning_rate": 1e-3}},
+        "blog": {**_PRETRAINING["blog"], "train": {"sampler": "pk", "classes_per_batch": 16, "images_per_class": 4}},
     },
 )
 
@@ -239,10 +301,29 @@ def validate(config: ExperimentConfig) -> None:
          f"--fold {config.data.fold}: expected a fold from 0 to {config.data.folds - 1} (--folds {config.data.folds})"),
         (train.margin2 > 0, f"--margin2 {train.margin2}: expected a margin > 0"),
         (train.scale is None or train.scale > 0, f"--scale {train.scale}: expected s > 0"),
+        *_pretrain_checks(config.pretrain),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _pretrain_checks(pretrain: PretrainSettings) -> list[tuple[bool, str]]:
+    return [
+        (pretrain.method in PRETRAIN_METHODS,
+         f"--method {pretrain.method}: expected one of {', '.join(PRETRAIN_METHODS)}"),
+        (pretrain.pretrain_epochs >= 1, f"--pretrain-epochs {pretrain.pretrain_epochs}: expected at least 1"),
+        (pretrain.pretrain_batch_size >= 2, f"--pretrain-batch-size {pretrain.pretrain_batch_size}: expected at least 2"),
+        (pretrain.pretrain_learning_rate > 0, f"--pretrain-learning-rate {pretrain.pretrain_learning_rate}: expected > 0"),
+        (pretrain.temperature > 0, f"--temperature {pretrain.temperature}: expected τ > 0"),
+        (pretrain.projection_dim >= 1, f"--projection-dim {pretrain.projection_dim}: expected at least 1"),
+        (pretrain.queue_size >= 1, f"--queue-size {pretrain.queue_size}: expected at least 1"),
+        (0 <= pretrain.momentum < 1, f"--momentum {pretrain.momentum}: expected a value in [0, 1)"),
+        (pretrain.synthetic_writers >= 2, f"--synthetic-writers {pretrain.synthetic_writers}: expected at least 2"),
+        (pretrain.synthetic_samples >= 4,
+         f"--synthetic-samples {pretrain.synthetic_samples}: expected at least 4 (the P×K batches take 4 per class)"),
+        (0 <= pretrain.augment_strength <= 1, f"--augment-strength {pretrain.augment_strength}: expected 0 to 1"),
+    ]
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -251,7 +332,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default quick)")
     parser.add_argument("--runs", default="runs", help="folder that receives run folders (default runs/)")
     parser.add_argument("--resume", default=None, help="an interrupted run folder to continue")
-    parser.add_argument("--config", default=None, help="a YAML file of settings, by section (data, image, model, train, report)")
+    parser.add_argument("--config", default=None,
+                        help="a YAML file of settings, by section (data, image, model, train, report, pretrain)")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(section)
         for f in dataclasses.fields(cls):
@@ -274,7 +356,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"--config {args.config}: cannot read it as YAML ({error})") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {args.config}: expected a mapping of sections (data, image, model, train, report)")
+            raise ConfigError(f"--config {args.config}: expected a mapping of sections ({', '.join(SECTIONS)})")
         for section, values in loaded.items():
             if section not in SECTIONS or not isinstance(values, dict):
                 raise ConfigError(f"--config {args.config}: unknown section {section!r}; expected one of {sorted(SECTIONS)}")

@@ -82,12 +82,14 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
     logging.getLogger("absl").setLevel(logging.WARNING)
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     run = None
+    chief = True
     stack = contextlib.ExitStack()
     try:
         config = parse_config(experiment, profiles, argv, description)
         seed_everything(config.train.seed, config.train.deterministic)
         prepared = prepare(config)
-        if not _writes_run_folder(config, prepared):
+        chief = _writes_run_folder(config, prepared)
+        if not chief:
             scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"sigverify-{experiment}-worker-"))
             run = _worker_scratch_run(scratch, experiment, config)
         elif config.resume:
@@ -95,7 +97,7 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
         else:
             run = RunFolder.create(config.runs, experiment)
             write_yaml(run.file(CONFIG_FILE), config.to_dict())
-        print(f"run folder: {run.path}", file=sys.stderr)
+        print(f"{'run' if chief else 'worker scratch'} folder: {run.path}", file=sys.stderr)
         metrics = body(run, config, prepared)
         run.finish()
         print(f"done: {run.path}", file=sys.stderr)
@@ -104,8 +106,10 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
     except Interrupted as why:
         if run is not None:
             run.set_status("interrupted", f"stopped by {why}")
-            print(f"\ninterrupted ({why}). The last completed epoch is checkpointed; continue with:\n"
-                  f"  make exp-{experiment} RESUME={run.path}   (or: --resume {run.path})", file=sys.stderr)
+            target = f"exp-{experiment}" + ("-multiworker" if config.train.strategy == "multiworker" else "")
+            if chief:
+                print(f"\ninterrupted ({why}). The last completed epoch is checkpointed; continue with:\n"
+                      f"  make {target} RESUME={run.path}   (or: --resume {run.path})", file=sys.stderr)
         else:
             print(f"\ninterrupted ({why}) before a run folder was made", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -45,18 +45,13 @@ def tf_config(worker_addresses: list[str], index: int) -> str:
 
 def worker_arguments(script_args: list[str]) -> list[str]:
     """The script's flags with `--strategy multiworker` added; any other strategy is refused."""
-    for position, arg in enumerate(script_args):
-        value = None
-        if arg == "--strategy" and position + 1 < len(script_args):
-            value = script_args[position + 1]
-        elif arg.startswith("--strategy="):
-            value = arg.split("=", 1)[1]
-        if value is not None and value != "multiworker":
-            raise ConfigError(f"--strategy {value}: the launcher runs workers under --strategy multiworker; "
+    strategies = [script_args[i + 1] for i, arg in enumerate(script_args[:-1]) if arg == "--strategy"]
+    strategies += [arg.split("=", 1)[1] for arg in script_args if arg.startswith("--strategy=")]
+    for strategy in strategies:
+        if strategy != "multiworker":
+            raise ConfigError(f"--strategy {strategy}: the launcher runs workers under --strategy multiworker; "
                               "drop the flag (or STRATEGY=) or use make exp-triplet for one process")
-    if "--strategy" in script_args or any(arg.startswith("--strategy=") for arg in script_args):
-        return list(script_args)
-    return [*script_args, "--strategy", "multiworker"]
+    return list(script_args) if strategies else [*script_args, "--strategy", "multiworker"]
 
 
 def _kill_me_with_parent():
@@ -92,7 +87,7 @@ class WorkerGroup:
         for index, (command, environment) in enumerate(zip(commands, environments)):
             chief = index == 0
             self.processes.append(subprocess.Popen(
-                command, env=environment, start_new_session=True, preexec_fn=before_exec,
+                command, env=environment, start_new_session=True, preexec_fn=before_exec,  # noqa: PLW1509 (see below)
                 stdout=None if chief else subprocess.DEVNULL, stderr=None if chief else subprocess.PIPE))
         # Relay threads start after every fork: forking while other threads run is unsafe with preexec_fn.
         for index, process in enumerate(self.processes[1:], start=1):
@@ -104,13 +99,14 @@ class WorkerGroup:
         return [process for process in self.processes if process.poll() is None]
 
     def signal_all(self, signum: int) -> None:
-        for process in self.running():
-            with contextlib.suppress(ProcessLookupError):
+        """`signum` to every worker's process group, also of a worker that has exited: what it started may still run."""
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signum)
 
     def stop(self, signum: int, grace_seconds: float) -> None:
-        """`signum` to every worker still running, then SIGKILL to those that have not exited after `grace_seconds`
-        (a worker blocked in a collective op whose peer is gone cannot run its signal handler)."""
+        """`signum` to every worker, then SIGKILL to whatever is left after `grace_seconds` (a worker blocked in a
+        collective op whose peer is gone cannot run its signal handler)."""
         self.signal_all(signum)
         deadline = time.monotonic() + grace_seconds
         while self.running() and time.monotonic() < deadline:
@@ -170,8 +166,7 @@ def launch(script: str, script_args: list[str], workers: int = 2, grace_seconds:
         group.stop(why.signum, grace_seconds)
         return EXIT_INTERRUPTED
     finally:
-        if group.running():
-            group.stop(signal.SIGKILL, 0)
+        group.stop(signal.SIGKILL, 0)  # also ends anything a finished worker left running
         for s, handler in previous.items():
             signal.signal(s, handler)
 

@@ -5,7 +5,8 @@
 and the semi-hard search needs memory in B² rather than B³. Triplet losses are called as
 `loss(y_true=labels, y_pred=embeddings)`; `ContrastiveLoss` as `loss(y_true=pair_labels, y_pred=pair_distances)`.
 `QuadrupletLoss` and the margin-softmax losses (`CosFaceLoss`, `ArcFaceLoss`, `SphereFaceLoss`, which own a trainable
-class-weight matrix) are called like the triplet losses.
+class-weight matrix) are called like the triplet losses. The self-supervised pretraining losses take views, not labels:
+`NTXentLoss` (SimCLR) `y_pred` = two views' embeddings, `MoCoLoss` `y_pred` = (query, key, queue).
 """
 
 import inspect
@@ -428,6 +429,86 @@ class SphereFaceLoss(MarginSoftmaxLoss):
         return sign * chebyshev - 2.0 * k
 
 
+def _float32_unit_rows(x):
+    return l2_normalize_rows(ops.cast(x, "float32"))
+
+
+def _positive_temperature(loss_name: str, temperature) -> float:
+    if not temperature > 0:
+        raise ConfigError(f"{loss_name}: temperature {temperature}: expected τ > 0")
+    return float(temperature)
+
+
+@keras.saving.register_keras_serializable(package="sigverify")
+class NTXentLoss(keras.losses.Loss):
+    """NT-Xent, the normalized temperature-scaled cross-entropy of SimCLR (Chen et al. 2020).
+
+    `y_pred` holds two views of N images: a 2N×D tensor whose rows i and i + N are the two views of image i (the first
+    views, then the second views), or a tuple (first views N×D, second views N×D). `y_true` is ignored (self-
+    supervised: the pairing is the label). Rows are L2-normalized in the loss, computed in float32; s = z·zᵀ/τ.
+    Loss of row i (paired with row j): −log(exp(s_ij) / Σ_{k ≠ i} exp(s_ik)), i.e. every other row of the 2N is a
+    negative; the result is their mean over the 2N rows (a scalar, as the triplet losses give: Keras would divide a
+    per-row result by the number of replicas under tf.distribute). Under tf.distribute the training loop gathers the
+    rows of all replicas and `sigverify.pretrain.distributed` puts them in this layout, so the negatives are the global
+    batch's.
+    """
+
+    def __init__(self, temperature=0.2, name="ntxent_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature = _positive_temperature("NTXentLoss", temperature)
+
+    def call(self, y_true, y_pred):
+        if isinstance(y_pred, (tuple, list)):
+            y_pred = ops.concatenate(list(y_pred), axis=0)
+        embeddings = _float32_unit_rows(y_pred)
+        n_rows = ops.shape(embeddings)[0]
+        half = n_rows // 2
+        logits = ops.matmul(embeddings, ops.transpose(embeddings)) / self.temperature
+        row_ids = ops.arange(n_rows)
+        is_self = ops.equal(ops.expand_dims(row_ids, 1), ops.expand_dims(row_ids, 0))
+        partner = ops.where(row_ids < half, row_ids + half, row_ids - half)
+        is_partner = ops.equal(ops.expand_dims(partner, 1), ops.expand_dims(row_ids, 0))
+        # exp(−1e9) is exactly 0 in float32: the row's own similarity leaves the denominator.
+        others = ops.where(is_self, -1e9, logits)
+        positive = ops.sum(ops.where(is_partner, logits, 0.0), axis=1)
+        return ops.mean(ops.logsumexp(others, axis=1) - positive)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(temperature=self.temperature)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sigverify")
+class MoCoLoss(keras.losses.Loss):
+    """InfoNCE with a queue of negatives, the loss of MoCo (He et al. 2020; v2: Chen et al. 2020).
+
+    `y_pred` is the tuple (query N×D, key N×D, queue K×D): query i's positive is key i (the other view of the same
+    image, from the momentum encoder), its negatives are the K keys of earlier batches in the queue. `y_true` is
+    ignored. Rows are L2-normalized in the loss, computed in float32. Loss of query i:
+    −log(exp(q_i·k_i/τ) / (exp(q_i·k_i/τ) + Σ_j exp(q_i·queue_j/τ))), the cross-entropy of the logits [positive,
+    negatives] with class 0; the result is the mean over the N queries (a scalar). No gradient flows into
+    the key or the queue in MoCo; the loss does not stop it itself (the momentum encoder's outputs carry none).
+    """
+
+    def __init__(self, temperature=0.2, name="moco_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature = _positive_temperature("MoCoLoss", temperature)
+
+    def call(self, y_true, y_pred):
+        if not isinstance(y_pred, (tuple, list)) or len(y_pred) != 3:
+            raise ConfigError("MoCoLoss: y_pred must be the tuple (query, key, queue)")
+        query, key, queue = (_float32_unit_rows(x) for x in y_pred)
+        positive = ops.sum(query * key, axis=1, keepdims=True) / self.temperature
+        negatives = ops.matmul(query, ops.transpose(queue)) / self.temperature
+        return ops.mean(ops.logsumexp(ops.concatenate([positive, negatives], axis=1), axis=1) - positive[:, 0])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(temperature=self.temperature)
+        return config
+
+
 LOSSES = {
     "semihard": TripletSemiHardLoss,
     "hard": TripletHardLoss,
@@ -436,12 +517,16 @@ LOSSES = {
     "cosface": CosFaceLoss,
     "arcface": ArcFaceLoss,
     "sphereface": SphereFaceLoss,
+    "ntxent": NTXentLoss,
+    "moco": MoCoLoss,
 }
+# Losses of self-supervised pretraining (make exp-pretrain): no labels, two views of each image.
+SELF_SUPERVISED_LOSSES = ("ntxent", "moco")
 
 
 def get_loss(name, **params) -> keras.losses.Loss:
     """The loss called `name` (one of LOSSES: "semihard", "hard", "contrastive", "quadruplet", "cosface", "arcface",
-    "sphereface"), built with `params`."""
+    "sphereface", and the self-supervised "ntxent" and "moco"), built with `params`."""
     if name not in LOSSES:
         raise ConfigError(f"loss {name!r} is not known; expected one of {', '.join(LOSSES)}")
     loss_class = LOSSES[name]

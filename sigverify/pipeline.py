@@ -2,8 +2,8 @@
 evaluation with its plots, metrics and report written into the run folder.
 
 Training runs on the Keras backend's engine: tf.distribute and our loop (`sigverify.train`) on TensorFlow, Keras `fit`
-under keras.distribution (`sigverify.train_keras`) on JAX; each is imported where it is used, so that a JAX run never
-loads TensorFlow.
+under keras.distribution (`sigverify.train_keras`) on JAX; each is imported where it is used, so that a JAX run needs
+no TensorFlow.
 """
 
 from __future__ import annotations
@@ -36,7 +36,14 @@ from sigverify.evaluate import (
     raw_pixel_embeddings,
     reference_verification,
 )
-from sigverify.losses import LOSSES, MarginSoftmaxLoss, count_positive_pairs, describe_loss, get_loss
+from sigverify.losses import (
+    LOSSES,
+    SELF_SUPERVISED_LOSSES,
+    MarginSoftmaxLoss,
+    count_positive_pairs,
+    describe_loss,
+    get_loss,
+)
 from sigverify.preprocess import PreprocessConfig, default_cache_dir, load_preprocessed_images, to_backbone_input
 from sigverify.report import write_report
 from sigverify.runs import RunFolder, write_json, write_text, writing
@@ -298,8 +305,15 @@ def fit_on_labelled_images(run: RunFolder, config: ExperimentConfig, strategy, d
     steps = len(training_batches(train_labels, config, 0))
     trainer = Trainer(model, loss_fn, optimizer, strategy, run.path, write_files=is_chief(strategy),
                       batch_has_signal=batch_has_signal, jit=config.train.jit)
+
+    def augmenter(epoch):
+        from sigverify.augment import FINE_TUNING_STRENGTH, batch_augmenter
+
+        return batch_augmenter(config.train.seed, epoch, FINE_TUNING_STRENGTH) if config.train.augment else None
+
     return trainer.fit(
-        lambda epoch: image_batches(data.train.images, train_labels, training_batches(train_labels, config, epoch), backbone),
+        lambda epoch: image_batches(data.train.images, train_labels, training_batches(train_labels, config, epoch), backbone,
+                                    augment=augmenter(epoch)),
         epochs=config.train.epochs, steps_per_epoch=steps,
         validation_batches=((lambda epoch: image_batches(data.test.images, test_labels, validation, backbone))
                             if validates else None),
@@ -338,8 +352,8 @@ def cached_features(feature_model: keras.Model, images: np.ndarray, backbone: st
 
 @dataclass
 class Prepared:
-    """What an experiment has before its run folder exists: the strategy (a tf.distribute strategy on TensorFlow, a
-    keras.distribution on JAX), the precision policy and the data."""
+    """What an experiment has before its run folder exists: the strategy (a tf.distribute strategy on TensorFlow;
+    on JAX, `sigverify.train_keras.make_distribution`'s DataParallel or OneDevice), the precision policy and the data."""
 
     strategy: object
     precision: str
@@ -358,6 +372,9 @@ def prepare_experiment(config: ExperimentConfig, check_settings=None) -> Prepare
 
         strategy = make_distribution(config.train.strategy, config.train.cpu_devices)
     precision = set_precision(config.train.mixed_precision)
+    if config.train.augment and keras.backend.backend() != "tensorflow":
+        raise ConfigError(f"--augment: augmentation feeds the TensorFlow loop only; on the {keras.backend.backend()} "
+                          "backend leave it out (or run with KERAS_BACKEND=tensorflow)")
     if check_settings is not None:
         check_settings()
     image = config.image
@@ -406,6 +423,9 @@ def configured_loss(config: ExperimentConfig, class_labels) -> keras.losses.Loss
                           f"in make exp-losses); expected a loss on labelled batches: {', '.join(labelled_losses())}")
     if train.loss not in LOSSES:
         raise ConfigError(f"--loss {train.loss}: not known; expected one of {', '.join(labelled_losses())}")
+    if train.loss in SELF_SUPERVISED_LOSSES:
+        raise ConfigError(f"--loss {train.loss}: a self-supervised pretraining loss on two views of unlabelled images "
+                          f"(make exp-pretrain); expected a loss on labelled batches: {', '.join(labelled_losses())}")
     if issubclass(LOSSES[train.loss], MarginSoftmaxLoss):
         params = {"embedding_dim": config.model.embedding_dim, "class_labels": sorted(set(np.ravel(class_labels).tolist())),
                   "scale": train.scale, "margin": train.softmax_margin}
@@ -417,7 +437,7 @@ def configured_loss(config: ExperimentConfig, class_labels) -> keras.losses.Loss
 
 
 def labelled_losses() -> list[str]:
-    return [name for name in LOSSES if name != "contrastive"]
+    return [name for name in LOSSES if name != "contrastive" and name not in SELF_SUPERVISED_LOSSES]
 
 
 def check_loss_settings(config: ExperimentConfig) -> None:

@@ -19,9 +19,14 @@ FIGURE_CAPTIONS = [
 
 def post_figure(config: ExperimentConfig):
     """The post's (description, max accuracy, EER) on skilled forgeries for the model of this run, if it reported one."""
+    named = MODEL_ZOO.get(config.model.zoo or "")
+    if named is not None and named.reported_max_accuracy is not None:
+        return named.description, named.reported_max_accuracy, named.reported_eer
     for entry in MODEL_ZOO.values():
         if config.experiment == "contrastive":
             matches = entry.kind == "contrastive" and entry.backbone == config.model.backbone
+        elif config.experiment == "pretrain":  # frozen pooled features: the post's "pretrained, no fine-tuning"
+            matches = entry.kind == "pretrained" and entry.backbone == config.model.backbone
         else:
             matches = entry.kind == "cut" and (entry.backbone, entry.cut_layer, entry.normalize) == (
                 config.model.backbone, config.model.cut_layer, config.model.normalize)
@@ -32,6 +37,29 @@ def post_figure(config: ExperimentConfig):
 
 def _fmt(value, digits=3):
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _protocol_lines(metrics: dict) -> list[str]:
+    """Confidence intervals, verification against K enrolled references, and writer identification."""
+    lines = []
+    intervals = metrics.get("confidence_intervals") or {}
+    hard_interval = (intervals.get("hard") or {}).get("max_accuracy")
+    if hard_interval:
+        lines += ["", (f"95% bootstrap interval over test writers of the skilled-forgery max accuracy: "
+                       f"[{hard_interval[0]:.3f}, {hard_interval[1]:.3f}].")]
+    reference_k = {k: v for k, v in (metrics.get("reference_k") or {}).items() if v}
+    if reference_k:
+        lines += ["", "Verification against K enrolled genuine signatures (EER, skilled / random forgeries):", "",
+                  "| K | mean distance | min distance |", "|---|---|---|"]
+        for k, values in reference_k.items():
+            cells = [f"{_fmt(values[rule]['hard']['eer'])} / {_fmt(values[rule]['easy']['eer'])}"
+                     for rule in ("mean", "min")]
+            lines.append(f"| {k} | {cells[0]} | {cells[1]} |")
+    identification = metrics.get("identification")
+    if identification:
+        lines += ["", (f"Writer identification (gallery of the test writers' genuine signatures): precision@1 "
+                       f"{_fmt(identification['precision_at_1'])}, MAP@R {_fmt(identification['map_at_r'])}.")]
+    return lines
 
 
 def write_report(run: RunFolder, config: ExperimentConfig, metrics: dict, figures) -> None:
@@ -66,6 +94,7 @@ def write_report(run: RunFolder, config: ExperimentConfig, metrics: dict, figure
             lines.append(f"| {label} | {_fmt(values['max_accuracy'])} | {_fmt(values['eer'])} | "
                          f"{_fmt(values['eer_interpolated'])} | {_fmt(values['auc'])} | "
                          f"{_fmt(values['accuracy_at_train_threshold'])} |")
+    lines += _protocol_lines(metrics)
     references = metrics.get("reference_points")
     if references:
         lines += ["", "Reference points on the same test pairs (max accuracy, skilled / random forgeries): "

@@ -117,7 +117,7 @@ class RunFolder:
             self.set_status("failed", f"{type(error).__name__}: {error}")
             raise
         except BaseException as error:
-            self.set_status("interrupted", f"stopped by {type(error).__name__} {error}".strip())
+            self.set_status("interrupted", f"stopped by {error or type(error).__name__}")
             raise
         self.finish()
 

@@ -1,8 +1,11 @@
-"""The training loop: one loop on `strategy.run` for every tf.distribute strategy (Keras 3's `fit` breaks under
-MultiWorkerMirroredStrategy), driven like `fit` through Keras callbacks, with checkpoints that make a run resumable.
+"""The TensorFlow training loop: one loop on `strategy.run` for every tf.distribute strategy (Keras 3's `fit` breaks
+under MultiWorkerMirroredStrategy), driven like `fit` through Keras callbacks, with checkpoints that make a run
+resumable. On JAX, Keras's own `fit` trains (`sigverify.train_keras`); what both share is in `sigverify.train_common`.
 
-Per replica the loss is the mean over that replica's share of the global batch; gradients are all-reduced (summed) by
-the Keras optimizer under the strategy, so each replica's loss is divided by the number of replicas.
+Every replica computes the loss on the whole global batch (the replicas' outputs and targets are all-gathered), so a
+triplet loss mines among all B images as it does on one device, not among a replica's B/R; the all-gather's gradient
+hands each replica the part of its own outputs, the Keras optimizer all-reduces (sums) the gradients, and each
+replica's loss is divided by the number of replicas: the update is the single-device one.
 """
 
 from __future__ import annotations
@@ -88,9 +91,18 @@ class Trainer:
             log.info("resumed from %s after epoch %d", latest, int(self.completed_epochs.numpy()))
         return int(self.completed_epochs.numpy())
 
+    def _global_batch(self, targets, outputs):
+        """The targets and outputs of every replica (in replica order), as the loss must see them."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return targets, outputs
+        context = tf.distribute.get_replica_context()
+        # One all-gather per dtype; tf.identity because a tf.function input carries no device, and
+        # MultiWorkerMirroredStrategy's all-gather needs one.
+        return tuple(context.all_gather(tf.identity(tensor), axis=0) for tensor in (targets, outputs))
+
     def _replica_train_step(self, inputs, targets):
         with tf.GradientTape() as tape:
-            outputs = self.model(inputs, training=True)
+            targets, outputs = self._global_batch(targets, self.model(inputs, training=True))
             loss = tf.cast(self.loss_fn(targets, outputs), tf.float32)
             regularization = tf.add_n(self.model.losses) if self.model.losses else 0.0
             scaled = (loss + regularization) / self.strategy.num_replicas_in_sync
@@ -103,10 +115,11 @@ class Trainer:
     def _distributed_train_step(self, inputs, targets):
         loss, empty = self.strategy.run(self._replica_train_step, args=(inputs, targets))
         mean_loss = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
-        return mean_loss, self.strategy.reduce(tf.distribute.ReduceOp.SUM, empty, axis=None)
+        return mean_loss, self.strategy.reduce(tf.distribute.ReduceOp.MEAN, empty, axis=None)  # same on every replica
 
     def _replica_eval_step(self, inputs, targets):
-        return tf.cast(self.loss_fn(targets, self.model(inputs, training=False)), tf.float32)
+        targets, outputs = self._global_batch(targets, self.model(inputs, training=False))
+        return tf.cast(self.loss_fn(targets, outputs), tf.float32)
 
     def _distributed_eval_step(self, inputs, targets):
         loss = self.strategy.run(self._replica_eval_step, args=(inputs, targets))

@@ -81,6 +81,8 @@ def test_losses_run_writes_table_figure_and_sub_runs(losses_run):
     assert arcface["distance"] == "cosine" and "8 classes" in arcface["loss_description"]
     contrastive = json.loads((run_dir / "contrastive-fold1-seed0" / "metrics.json").read_text())
     assert "Siamese" in contrastive["loss_description"] and "margin=0.5" in contrastive["loss_description"]
+    # Same seed, same initial weights: the losses are compared from the same starting point.
+    assert contrastive["reference_points"]["untrained_model"] == arcface["reference_points"]["untrained_model"]
 
 
 def test_unknown_losses_are_refused_before_any_work(tiny_dataset, tmp_path):

@@ -24,7 +24,7 @@ MODELS = ["smaller_resnet50", "base_cnn", "pretrained_resnet50"]
 SEEDS = [0, 1]
 FIGURES = ["accuracy_vs_size.png", "density_hard_models.png", "density_easy_models.png"]
 SUB_RUN_FILES = ["config.yaml", "status.json", "metrics.json", "metrics.csv", "report.md", "model.keras",
-                 "embeddings.npz", "density_hard.png", "density_easy.png", "roc.png"]
+                 "embeddings.npz", "pair_scores.npz", "density_hard.png", "density_easy.png", "roc.png"]
 TABLE_METRICS = {"hard_max_accuracy": ("hard", "max_accuracy"), "hard_eer": ("hard", "eer"),
                  "easy_max_accuracy": ("easy", "max_accuracy"), "hard_auc": ("hard", "auc"),
                  "hard_honest_accuracy": ("hard", "accuracy_at_train_threshold")}
@@ -67,7 +67,7 @@ def sub_run_metrics(run_dir: Path, model: str) -> list[dict]:
 def test_smoke_run_writes_every_sub_run_the_table_and_the_figures(zoo_run):
     _, run_dir, result = zoo_run
     assert read_status(run_dir)["status"] == "complete"
-    for name in ["table.csv", "table.md", *FIGURES]:
+    for name in ["table.csv", "runs.csv", "table.md", *FIGURES]:
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
     assert not (run_dir / "latest").exists(), "a finished sub-run must not move `latest`"
     for model in MODELS:
@@ -96,15 +96,13 @@ def test_table_reports_mean_and_std_over_seeds_from_the_sub_runs(zoo_run):
     _, run_dir, _ = zoo_run
     table = pd.read_csv(run_dir / "table.csv")
     assert table["model"].tolist() == MODELS
-    for column in ["train_seconds", *TABLE_METRICS]:
-        assert f"{column}_mean" in table and f"{column}_std" in table and column not in table
     for _, row in table.iterrows():
         runs = sub_run_metrics(run_dir, row["model"])
         for column, (pair_set, key) in TABLE_METRICS.items():
             values = [metrics[pair_set][key] for metrics in runs]
             assert row[f"{column}_mean"] == pytest.approx(np.mean(values), abs=1e-5), (row["model"], column)
             assert row[f"{column}_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-5), (row["model"], column)
-        assert row["seeds"] == len(SEEDS)
+        assert row["runs"] == len(SEEDS)
         assert row["parameters"] == runs[0]["params"]
         model_file = run_dir / f"{row['model']}-seed0" / "model.keras"
         assert row["file_mb"] == pytest.approx(model_file.stat().st_size / 1e6, rel=1e-4)
@@ -117,17 +115,18 @@ def test_table_reports_mean_and_std_over_seeds_from_the_sub_runs(zoo_run):
     assert "0.761 / 0.240" in markdown, "the post's figure beside ours"
 
 
-def test_one_seed_gives_plain_columns():
+def test_one_run_per_model_gives_cells_without_spread():
     from sigverify.config import MODELS_PROFILES, build_config
+    from sigverify.tables import RUN_COLUMNS
 
     models = load_models_script()
-    results = [{"row": {"model": model, "seed": 0, "image_size": 32, "parameters": 1000, "file_mb": 1.0,
-                        "weights": "random init", "train_seconds": 2.0, **{column: 0.5 for column in TABLE_METRICS}}}
-               for model in MODELS]
-    table = models.comparison_table(results)
-    assert "hard_max_accuracy" in table and "hard_max_accuracy_mean" not in table and "hard_max_accuracy_std" not in table
-    markdown = models.table_markdown(table, build_config("models", "smoke", MODELS_PROFILES), [0])
-    assert "±" not in markdown and "| 0.500 |" in markdown
+    row = {"model": "base_cnn", "description": "Base CNN (from scratch)", "cut_layer": "", "image_size": 32,
+           "parameters": 1000, "file_mb": 1.0, "weights": "from scratch", "runs": 1, "post_max_accuracy": 0.68,
+           "post_eer": 0.327, **{f"{column}_mean": 0.5 for column in RUN_COLUMNS},
+           **{f"{column}_std": float("nan") for column in RUN_COLUMNS}}
+    markdown = models.table_markdown(pd.DataFrame([row]), build_config("models", "smoke", MODELS_PROFILES))
+    model_row = next(line for line in markdown.splitlines() if line.startswith("| `base_cnn`"))
+    assert "±" not in model_row and "| 0.500 |" in model_row and "0.680 / 0.327" in model_row
 
 
 def test_resumed_run_keeps_finished_sub_runs_and_redoes_the_rest(zoo_run, tmp_path):
@@ -155,7 +154,7 @@ def test_resumed_run_keeps_finished_sub_runs_and_redoes_the_rest(zoo_run, tmp_pa
     # each sub-run seeds itself, so redoing one alone trains it as in the first run
     first_epoch = [pd.read_csv(run / "base_cnn-seed1" / "history.csv")["loss"].iloc[0] for run in (run_dir, resumed)]
     assert first_epoch[1] == pytest.approx(first_epoch[0], rel=1e-3)
-    assert pd.read_csv(resumed / "table.csv")["seeds"].tolist() == [2, 2, 2]
+    assert pd.read_csv(resumed / "table.csv")["runs"].tolist() == [2, 2, 2]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,10 +1,14 @@
-"""tf.data feeds over preprocessed uint8 images: labelled image batches and pair batches (the TensorFlow path).
+"""tf.data feeds over preprocessed uint8 images: labelled image batches, pair batches and the two augmented views of
+self-supervised pretraining (the TensorFlow path).
 
 Which images form each batch is decided in NumPy from (seed, epoch) by `sigverify.data.samplers` (re-exported here), so
-an epoch's batches are the same after a resume; tf.data only gathers, converts to backbone input and prefetches.
+an epoch's batches are the same after a resume; tf.data only gathers, augments (in NumPy, `sigverify.augment`, with
+draws that depend on the batch number alone), converts to backbone input and prefetches.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -12,7 +16,7 @@ import tensorflow as tf
 from sigverify.data.samplers import pk_batches, shuffled_batches
 from sigverify.preprocess import BACKBONE_INPUT_MODES, CAFFE_BGR_MEAN
 
-__all__ = ["image_batches", "pair_batches", "pk_batches", "shuffled_batches"]
+__all__ = ["image_batches", "pair_batches", "pk_batches", "shuffled_batches", "view_pair_batches"]
 
 
 def _to_backbone_input(images: tf.Tensor, backbone: str) -> tf.Tensor:
@@ -35,15 +39,45 @@ def _options(deterministic: bool) -> tf.data.Options:
     return options
 
 
-def image_batches(images: np.ndarray, labels: np.ndarray, batches: np.ndarray, backbone: str) -> tf.data.Dataset:
-    """(backbone input float32 B×H×W×3, int32 labels B) for each row of `batches` (positions into images/labels)."""
+def _in_numpy(function: Callable, images: tf.Tensor, batch_number: tf.Tensor, n_outputs: int) -> list[tf.Tensor]:
+    """`function(uint8 images, batch number)` → n_outputs uint8 arrays of the images' shape, run in NumPy."""
+    results = tf.numpy_function(lambda batch, number: function(batch, int(number)), [images, batch_number],
+                                [tf.uint8] * n_outputs, stateful=False)
+    return [tf.ensure_shape(result, images.shape) for result in results]
+
+
+def image_batches(images: np.ndarray, labels: np.ndarray, batches: np.ndarray, backbone: str,
+                  augment: Callable[[np.ndarray, int], np.ndarray] | None = None) -> tf.data.Dataset:
+    """(backbone input float32 B×H×W×3, int32 labels B) for each row of `batches` (positions into images/labels).
+    `augment(uint8 batch, batch number)` (e.g. `sigverify.augment.batch_augmenter(seed, epoch, strength)`) changes
+    each batch's images before conversion."""
     images_tensor = tf.constant(images)
     labels_tensor = tf.constant(labels.astype(np.int32))
 
-    def gather(batch):
-        return _to_backbone_input(tf.gather(images_tensor, batch), backbone), tf.gather(labels_tensor, batch)
+    def gather(batch_number, batch):
+        batch_images = tf.gather(images_tensor, batch)
+        if augment is not None:
+            (batch_images,) = _in_numpy(augment, batch_images, batch_number, 1)
+        return _to_backbone_input(batch_images, backbone), tf.gather(labels_tensor, batch)
 
-    dataset = tf.data.Dataset.from_tensor_slices(batches).map(gather, num_parallel_calls=2)
+    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(batches)), batches)).map(gather, num_parallel_calls=2)
+    return dataset.prefetch(2).with_options(_options(deterministic=True))
+
+
+def view_pair_batches(images: np.ndarray, batches: np.ndarray, backbone: str,
+                      two_views: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]) -> tf.data.Dataset:
+    """((first views, second views) as backbone input, float32 zeros B) for each row of `batches`: the two augmented
+    views of each image (`two_views(uint8 batch, batch number)`, e.g. `sigverify.augment.view_pair_augmenter`) for
+    SimCLR and MoCo. The views are two tensors, not one of 2B rows, so that a batch split across replicas keeps each
+    image's two views on the same replica; the zeros stand for the targets a self-supervised loss ignores."""
+    images_tensor = tf.constant(images)
+
+    def gather(batch_number, batch):
+        first, second = _in_numpy(two_views, tf.gather(images_tensor, batch), batch_number, 2)
+        views = (_to_backbone_input(first, backbone), _to_backbone_input(second, backbone))
+        return views, tf.zeros(tf.shape(batch)[:1], tf.float32)
+
+    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(batches)), batches)).map(gather, num_parallel_calls=2)
     return dataset.prefetch(2).with_options(_options(deterministic=True))
 
 

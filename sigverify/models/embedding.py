@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import re
 import warnings
 from collections.abc import Callable
@@ -71,7 +72,10 @@ def _image_hw(image_size: int | tuple[int, int] | tuple[int, int, int]) -> tuple
 # Weights
 
 
-WEIGHTS_CHOICES = "auto, imagenet, none, or the path to a weights file of the backbone"
+WEIGHTS_CHOICES = "auto, imagenet, none, a pretraining run folder (make exp-pretrain), or the path to a weights file of the backbone"
+# What a pretraining run folder (make exp-pretrain) holds: the backbone up to its cut layer, and what made it.
+PRETRAINED_WEIGHTS_FILE = "backbone.weights.h5"
+PRETRAINED_INFO_FILE = "backbone.json"  # method, method_name, backbone, cut_layer, image_size, source, ...
 
 
 @functools.cache
@@ -90,8 +94,10 @@ def resolve_weights(requested: str | None, backbone: str) -> tuple[str | None, s
     """The `weights` argument for a keras.applications backbone and a description of what was used and why.
 
     `requested`: "auto" (ImageNet if it can be loaded, otherwise random initialisation with a warning), "imagenet"
-    (a ConfigError when the weights cannot be downloaded), None/"none"/"random", or the path to a weights file of the
-    backbone (a `.weights.h5` saved from the keras.applications model, or Keras's own ImageNet `.h5` file).
+    (a ConfigError when the weights cannot be downloaded), None/"none"/"random", a pretraining run folder (its
+    backbone.weights.h5 goes into the layers up to the run's cut layer; the returned argument is the folder), or the
+    path to a weights file of the backbone (a `.weights.h5` saved from the keras.applications model, or Keras's own
+    ImageNet `.h5` file).
     """
     _backbone(backbone)
     choice = "none" if requested is None else str(requested)
@@ -111,14 +117,38 @@ def resolve_weights(requested: str | None, backbone: str) -> tuple[str | None, s
                               "use weights 'auto' (falls back to random), 'none', or a local weights file")
         return "imagenet", f"ImageNet weights of {backbone} (keras.applications)"
     path = Path(choice).expanduser()
+    if path.is_dir() or path.name == PRETRAINED_WEIGHTS_FILE:
+        folder = path if path.is_dir() else path.parent
+        info = pretraining_run_info(folder, backbone)
+        return str(folder), (f"pretrained by {info['method_name']} in {folder} ({backbone} up to "
+                             f"{info['cut_layer']}; later layers random)")
     if not path.is_file():
         raise ConfigError(f"weights: file {str(path)!r} not found; expected {WEIGHTS_CHOICES}")
     return str(path), f"weights file {path}"
 
 
+def pretraining_run_info(folder: str | Path, backbone: str) -> dict:
+    """The backbone.json of a pretraining run folder, checked: a ConfigError unless the folder holds a pretrained
+    `backbone` (its weights file and its record)."""
+    folder = Path(folder)
+    info_file, weights_file = folder / PRETRAINED_INFO_FILE, folder / PRETRAINED_WEIGHTS_FILE
+    if not info_file.is_file() or not weights_file.is_file():
+        raise ConfigError(f"weights: {folder} is not a finished pretraining run (no {PRETRAINED_INFO_FILE} and "
+                          f"{PRETRAINED_WEIGHTS_FILE}); expected a folder written by make exp-pretrain, or "
+                          f"{WEIGHTS_CHOICES}")
+    info = json.loads(info_file.read_text())
+    if info.get("backbone") != backbone:
+        raise ConfigError(f"weights: {folder} pretrained a {info.get('backbone')} backbone; expected {backbone}")
+    return info
+
+
 def _build_backbone(backbone: str, input_shape: tuple, weights: str | None) -> keras.Model:
     """The whole keras.applications backbone (include_top=False) with `weights` (any form resolve_weights accepts)."""
     weights_argument, _ = resolve_weights(weights, backbone)
+    if weights_argument is not None and Path(weights_argument).is_dir():
+        model = _backbone(backbone).constructor(include_top=False, weights=None, input_shape=input_shape)
+        _load_pretrained_layers(model, backbone, Path(weights_argument))
+        return model
     try:
         return _backbone(backbone).constructor(include_top=False, weights=weights_argument, input_shape=input_shape)
     except (ValueError, OSError) as error:
@@ -126,6 +156,29 @@ def _build_backbone(backbone: str, input_shape: tuple, weights: str | None) -> k
             raise
         reason = str(error).splitlines()[0]
         raise ConfigError(f"weights: file {weights_argument!r} could not be loaded into {backbone}: {reason}") from error
+
+
+def _load_pretrained_layers(model: keras.Model, backbone: str, folder: Path) -> None:
+    """A pretraining run's weights into `model`'s layers up to the run's cut layer (the layers it trained); Keras
+    matches them by layer order, the same in every model cut at that layer."""
+    info = pretraining_run_info(folder, backbone)
+    up_to_cut = keras.Model(model.input, model.get_layer(info["cut_layer"]).output)
+    try:
+        up_to_cut.load_weights(folder / PRETRAINED_WEIGHTS_FILE)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"weights: {folder / PRETRAINED_WEIGHTS_FILE} could not be loaded into {backbone} up to "
+                          f"{info['cut_layer']}: {str(error).splitlines()[0]}") from error
+
+
+def build_cut_backbone(backbone: str = "resnet50", cut_layer: str = "conv4_block6_add",
+                       input_shape: tuple[int, int, int] = (224, 224, 3), weights: str | None = None,
+                       name: str | None = None) -> keras.Model:
+    """The layers of `backbone` up to `cut_layer` alone: what `build_embedding_model` puts before its head, and what
+    pretraining trains and saves (its weights load into any model cut at or after that layer)."""
+    full_backbone = _build_backbone(backbone, tuple(input_shape), weights)
+    _check_cut_layer(backbone, cut_layer, _cut_layer_names_of(full_backbone, backbone))
+    return keras.Model(full_backbone.input, full_backbone.get_layer(cut_layer).output,
+                       name=name or f"{backbone}_to_{cut_layer}")
 
 
 # Cut layers and image sizes
@@ -454,6 +507,7 @@ MODEL_ZOO = {
     "small_resnet50_nonorm": ZooModel("cut", "Small ResNet50 + skip, NONORM", "resnet50", "conv4_block6_add",
                                       normalize=False),
     "base_cnn": ZooModel("base_cnn", "Base CNN (from scratch)", reported_max_accuracy=0.680, reported_eer=0.327),
+    "base_cnn_nonorm": ZooModel("base_cnn", "Base CNN (from scratch), NONORM", normalize=False),
     "base_unet": ZooModel("base_unet", "Base UNet (from scratch)", reported_max_accuracy=0.715, reported_eer=0.293),
     "pretrained_vgg16": ZooModel("pretrained", "pretrained VGG16, no fine-tuning", "vgg16",
                                  reported_max_accuracy=0.743, reported_eer=0.268),

@@ -1,0 +1,111 @@
+"""bench-contrastive: epoch time of the contrastive baseline's two training paths on the same pairs, with the
+experiment's own building blocks (quick profile: 96×96, ResNet50 + global average pooling, frozen, batch 64):
+
+- cached features: the frozen backbone's features of each image computed once (`pipeline.cached_features`), then the
+  dense head trained as a Siamese pair model on pairs of features;
+- naive Siamese: both images of every pair through the frozen backbone at every step (`models.build_siamese` over the
+  whole embedding model), as the original notebook trained it.
+
+Both train through `train.Trainer` on `data.feed.pair_batches`; an epoch is timed after a short warm-up epoch that
+traces the step. The one-time feature extraction is reported beside it. Target: cached epochs at least 10× faster.
+
+    python benchmarks/bench_contrastive.py [--full]   (or: make bench-contrastive; --full: all training pairs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import BENCHMARKS_DIR, write_results
+
+from sigverify.config import CONTRASTIVE_PROFILES, build_config
+from sigverify.data.feed import pair_batches
+from sigverify.distribute import make_strategy
+from sigverify.losses import ContrastiveLoss
+from sigverify.models import build_contrastive_embedding_model, build_siamese
+from sigverify.pipeline import cached_features, prepare_data
+from sigverify.preprocess import PreprocessConfig
+from sigverify.train import Trainer, make_optimizer
+
+DEFAULT_PAIRS = 512
+
+
+def timed_epoch(tower, inputs, pairs, config, run_dir: Path, backbone: str | None, strategy) -> float:
+    """Seconds of one training epoch of build_siamese(tower) over `pairs`, after a warm-up epoch of two batches."""
+    train = config.train
+    with strategy.scope():
+        siamese = build_siamese(tower)
+        optimizer = make_optimizer(train, steps_per_epoch=-(-len(pairs) // train.batch_size))
+    trainer = Trainer(siamese, ContrastiveLoss(margin=train.margin), optimizer, strategy, run_dir)
+
+    def batches(epoch):
+        chosen = pairs if epoch else pairs[: 2 * train.batch_size]
+        return pair_batches(inputs, chosen["a"].to_numpy(), chosen["b"].to_numpy(), chosen["same"].to_numpy(),
+                            train.batch_size, train.seed, epoch, backbone=backbone)
+
+    trainer.fit(batches, epochs=1, steps_per_epoch=2, verbose=0)
+    return trainer.fit(batches, epochs=2, steps_per_epoch=-(-len(pairs) // train.batch_size), verbose=0).train_seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="every training pair of the quick profile (slow: the naive "
+                                                            "path runs the backbone twice per pair)")
+    parser.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, help=f"pairs per epoch (default {DEFAULT_PAIRS})")
+    args = parser.parse_args()
+    os.chdir(BENCHMARKS_DIR.parent)  # the embedded synthetic set lives in data/synthetic of the repository
+
+    config = build_config("contrastive", "quick", CONTRASTIVE_PROFILES)
+    image, backbone = config.image, config.model.backbone
+    data = prepare_data(config, PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect))
+    all_pairs = data.train.pairs.sample(frac=1.0, random_state=0)  # a mix of genuine, skilled and random pairs
+    pairs = all_pairs if args.full else all_pairs.iloc[: args.pairs]
+    used = np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
+    # Only the images these pairs use keep their positions' meaning: remap the pairs onto that subset.
+    position = {old: new for new, old in enumerate(used)}
+    pairs = pairs.assign(a=pairs["a"].map(position), b=pairs["b"].map(position))
+    images = data.train.images[used]
+
+    strategy = make_strategy("cpu")
+    shape = (image.image_size, image.image_size, 3)
+    with tempfile.TemporaryDirectory(prefix="sigverify-bench-contrastive-") as scratch:
+        scratch = Path(scratch)
+        with strategy.scope():
+            cached_model = build_contrastive_embedding_model(backbone, shape, None, config.model.embedding_dim)
+            naive_model = build_contrastive_embedding_model(backbone, shape, None, config.model.embedding_dim)
+        started = time.perf_counter()
+        features = cached_features(cached_model.get_layer(f"pretrained_{backbone}"), images, backbone,
+                                   cache_dir=scratch / "cache")
+        feature_seconds = time.perf_counter() - started
+        print(f"features of {len(images)} images: {feature_seconds:.1f} s", flush=True)
+        cached = timed_epoch(cached_model.get_layer("contrastive_head"), features, pairs, config, scratch / "cached",
+                             None, strategy)
+        print(f"cached-feature epoch over {len(pairs)} pairs: {cached:.2f} s", flush=True)
+        naive = timed_epoch(naive_model, images, pairs, config, scratch / "naive", backbone, strategy)
+        print(f"naive Siamese epoch over {len(pairs)} pairs: {naive:.2f} s", flush=True)
+
+    rows = [{"path": "cached features", "epoch_seconds": cached, "one_time_feature_seconds": feature_seconds},
+            {"path": "naive Siamese (images)", "epoch_seconds": naive, "one_time_feature_seconds": 0.0}]
+    per_pair_full = len(data.train.pairs) / len(pairs)
+    summary = {"pairs": len(pairs), "images": len(images), "epoch_speedup": naive / cached,
+               "first_epoch_speedup_with_features": naive / (cached + feature_seconds),
+               "training_pairs_of_the_profile": len(data.train.pairs),
+               "estimated_full_epoch_seconds": {"cached features": cached * per_pair_full,
+                                                "naive Siamese (images)": naive * per_pair_full}}
+    ratio_line = (f"ratio: naive / cached-feature epoch time over {len(pairs)} pairs: {naive / cached:.0f}x "
+                  f"({naive:.1f} s vs {cached:.2f} s); first epoch with the one-time features "
+                  f"({feature_seconds:.1f} s): {summary['first_epoch_speedup_with_features']:.1f}x")
+    write_results("contrastive", {"profile": "quick", "image_size": image.image_size, "backbone": backbone,
+                                  "batch_size": config.train.batch_size, "pairs": len(pairs),
+                                  "data": "embedded synthetic set"}, rows, summary, ratio_line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""bench-pipeline: images per second that the tf.data feed alone delivers from the preprocessed cache (gather, convert
+to backbone input, prefetch: `sigverify.data.feed.image_batches` over an epoch's sampler batches) against the images per
+second that a training step consumes, for the quick (96×96, Smaller ResNet50, P×K 16×4) and blog (224×224, Small
+ResNet50, batch 64) triplet profiles on the embedded synthetic signatures. Target: the feed at least 5× faster.
+
+Also the end-of-epoch stall: the time from the last training step of an epoch to the loop's exit (the end-of-sequence
+`next` and the iterator's tear-down) through `strategy.experimental_distribute_dataset`, as the trainer iterates, with
+tf.data autotuning on and off (the feed turns it off). Epochs are cut to a few batches, settings alternate.
+
+    python benchmarks/bench_pipeline.py [--full]   (or: make bench-pipeline)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import tensorflow as tf
+from common import BENCHMARKS_DIR, write_results
+from training import make_train_step, train_step_images_per_second, triplet_model
+
+from sigverify.config import TRIPLET_PROFILES, build_config
+from sigverify.data.feed import image_batches
+from sigverify.pipeline import prepare_data, training_batches
+from sigverify.preprocess import PreprocessConfig
+
+PROFILES = ("quick", "blog")
+
+
+def load(profile: str):
+    config = build_config("triplet", profile, TRIPLET_PROFILES)
+    image = config.image
+    data = prepare_data(config, PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect))
+    return config, data.train.images, data.train.labels
+
+
+def feed(config, images, labels, epoch: int, max_batches: int | None = None) -> tf.data.Dataset:
+    batches = training_batches(labels, config, epoch)
+    return image_batches(images, labels, batches[:max_batches], config.model.backbone)
+
+
+def feed_images_per_second(config, images, labels, epochs: int) -> float:
+    delivered, started = 0, time.perf_counter()
+    for epoch in range(epochs):
+        for batch_images, _ in feed(config, images, labels, epoch):
+            delivered += int(batch_images.shape[0])
+    return delivered / (time.perf_counter() - started)
+
+
+def end_of_epoch_stalls(config, images, labels, rounds: int, batches_per_epoch: int) -> dict[str, list[float]]:
+    """Seconds from the last step of an epoch to the exit of the epoch's loop, per setting of tf.data autotuning."""
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    train_step = make_train_step(triplet_model(config.model.cut_layer, config.image.image_size))
+    stalls: dict[str, list[float]] = {"autotune on": [], "autotune off": []}
+    epoch = 0
+    for _ in range(rounds):
+        for setting, enabled in (("autotune on", True), ("autotune off", False)):
+            options = tf.data.Options()
+            options.autotune.enabled = enabled
+            dataset = feed(config, images, labels, epoch, batches_per_epoch).with_options(options)
+            last_step_done = time.perf_counter()
+            for batch_images, batch_labels in strategy.experimental_distribute_dataset(dataset):
+                float(train_step(batch_images, batch_labels))
+                last_step_done = time.perf_counter()
+            stalls[setting].append(time.perf_counter() - last_step_done)
+            epoch += 1
+    return stalls
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="more epochs of feed, steps and stall rounds")
+    args = parser.parse_args()
+    os.chdir(BENCHMARKS_DIR.parent)  # the embedded synthetic set lives in data/synthetic of the repository
+    feed_epochs, steps, rounds = (5, 5, 4) if args.full else (2, 2, 2)
+
+    rows = []
+    for profile in PROFILES:
+        config, images, labels = load(profile)
+        delivered = feed_images_per_second(config, images, labels, feed_epochs)
+        model = triplet_model(config.model.cut_layer, config.image.image_size)
+        consumed = train_step_images_per_second(model, config.train.batch_size, steps,
+                                                images_per_class=config.train.images_per_class)
+        row = {"profile": profile, "image_size": config.image.image_size, "cut_layer": config.model.cut_layer,
+               "batch_size": config.train.batch_size, "sampler": config.train.sampler, "train_images": len(labels),
+               "feed_images_per_second": delivered, "training_images_per_second": consumed,
+               "feed_over_training": delivered / consumed}
+        rows.append(row)
+        print(f"{profile:5s} {config.image.image_size}²: feed {delivered:8.0f} img/s, training {consumed:6.1f} img/s, "
+              f"{row['feed_over_training']:.0f}x", flush=True)
+
+    config, images, labels = load("quick")
+    stalls = end_of_epoch_stalls(config, images, labels, rounds, batches_per_epoch=4)
+    for setting, values in stalls.items():
+        print(f"end-of-epoch stall, {setting}: median {statistics.median(values):.3f} s, max {max(values):.3f} s")
+
+    summary = {"feed_over_training": {f"{r['profile']} {r['image_size']}": r["feed_over_training"] for r in rows},
+               "end_of_epoch_stall_seconds": stalls,
+               "end_of_epoch_stall_median_seconds": {k: statistics.median(v) for k, v in stalls.items()}}
+    ratios = ", ".join(f"{r['profile']} {r['image_size']}² {r['feed_over_training']:.0f}x" for r in rows)
+    medians = summary["end_of_epoch_stall_median_seconds"]
+    ratio_line = (f"ratio: feed / training images/s: {ratios}; end-of-epoch stall median autotune on "
+                  f"{medians['autotune on']:.3f} s vs off {medians['autotune off']:.3f} s")
+    write_results("pipeline", {"profiles": PROFILES, "feed_epochs": feed_epochs, "timed_steps": steps,
+                               "stall_rounds": rounds, "stall_batches_per_epoch": 4, "data": "embedded synthetic set"},
+                  rows, summary, ratio_line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

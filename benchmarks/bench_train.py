@@ -1,0 +1,82 @@
+"""bench-train: images per second of a triplet training step (batch 32) for the Small (conv4_block6_add) and Smaller
+(conv3_block4_add) ResNet50 models at 128×128 and 224×224, in float32 and mixed_bfloat16, and the achieved GFLOP/s of
+the float32 steps against TensorFlow's float32 matrix-multiply peak measured in the same run (4096² tf.matmul).
+
+FLOPs are counted from the layer shapes: multiply-adds of every convolution and dense layer × 2, × 3 for forward and
+backward (batch-norm, activations and the loss are left out, so the achieved figure is a slight underestimate).
+
+    python benchmarks/bench_train.py [--full]   (or: make bench-train; --full: 10 steps instead of 3)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common import write_results
+from training import (
+    TRAINING_PASSES,
+    forward_flops_per_image,
+    matmul_gflops,
+    train_step_images_per_second,
+    triplet_model,
+    with_precision,
+)
+
+MODELS = {"Small ResNet50": "conv4_block6_add", "Smaller ResNet50": "conv3_block4_add"}
+IMAGE_SIZES = (128, 224)
+PRECISIONS = ("float32", "mixed_bfloat16")
+BATCH_SIZE = 32
+
+
+def measure_case(cut_layer: str, image_size: int, steps: int):
+    model = triplet_model(cut_layer, image_size)
+    return model, train_step_images_per_second(model, BATCH_SIZE, steps)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="10 timed steps a case instead of 3")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps a case (overrides --full)")
+    args = parser.parse_args()
+    steps = args.steps or (10 if args.full else 3)
+
+    peak = {"float32": matmul_gflops(dtype="float32"), "bfloat16": matmul_gflops(dtype="bfloat16")}
+    print(f"tf.matmul 4096²: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s", flush=True)
+    rows = []
+    for name, cut_layer in MODELS.items():
+        for image_size in IMAGE_SIZES:
+            for precision in PRECISIONS:
+                model, images_per_second = with_precision(precision, measure_case, cut_layer, image_size, steps)
+                training_flops = TRAINING_PASSES * forward_flops_per_image(model)
+                achieved = training_flops * images_per_second / 1e9
+                row = {"model": name, "cut_layer": cut_layer, "image_size": image_size, "precision": precision,
+                       "batch_size": BATCH_SIZE, "images_per_second": images_per_second,
+                       "training_gflop_per_image": training_flops / 1e9, "achieved_gflops": achieved,
+                       "fraction_of_float32_matmul_peak": achieved / peak["float32"]}
+                rows.append(row)
+                print(f"{name:16s} {image_size}² {precision:14s} {images_per_second:7.1f} img/s  {achieved:6.0f} GFLOP/s "
+                      f"({row['fraction_of_float32_matmul_peak']:.0%} of the float32 matmul peak)", flush=True)
+
+    float32 = [r for r in rows if r["precision"] == "float32"]
+    best = max(float32, key=lambda r: r["achieved_gflops"])
+    speedups = {f"{r['model']} {r['image_size']}": next(
+        m["images_per_second"] for m in rows if m["precision"] == "mixed_bfloat16" and m["model"] == r["model"]
+        and m["image_size"] == r["image_size"]) / r["images_per_second"] for r in float32}
+    summary = {"matmul_peak_gflops": peak, "best_float32": {k: best[k] for k in ("model", "image_size", "achieved_gflops")},
+               "best_fraction_of_peak": best["fraction_of_float32_matmul_peak"],
+               "mixed_bfloat16_speedup": speedups}
+    mean_speedup = sum(speedups.values()) / len(speedups)
+    ratio_line = (f"ratio: training / float32 matmul peak {best['fraction_of_float32_matmul_peak']:.2f} "
+                  f"({best['achieved_gflops']:.0f} of {peak['float32']:.0f} GFLOP/s, {best['model']} "
+                  f"{best['image_size']}²); mixed_bfloat16 / float32 images/s {mean_speedup:.2f}x (mean of "
+                  f"{len(speedups)} cases)")
+    write_results("train", {"batch_size": BATCH_SIZE, "timed_steps": steps, "models": MODELS,
+                            "image_sizes": IMAGE_SIZES, "precisions": PRECISIONS,
+                            "flops": "conv+dense multiply-adds × 2 × 3 (forward + backward)"},
+                  rows, summary, ratio_line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Writes the results table of benchmarks/README.md (between its `results` markers) from benchmarks/results/*.json, so
+that the table always shows the last measured figures and the machine they were measured on.
+
+    python benchmarks/table.py   (make bench runs it after the benchmarks)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from common import BENCHMARKS_DIR, RESULTS_DIR
+
+README = BENCHMARKS_DIR / "README.md"
+BEGIN, END = "<!-- results: written by benchmarks/table.py -->", "<!-- end of results -->"
+
+
+def _ms(seconds):
+    return "—" if seconds is None else f"{seconds * 1000:,.1f}"
+
+
+def loss_section(result: dict) -> list[str]:
+    lines = ["### bench-loss: TripletSemiHardLoss, forward + backward", "",
+             "| B | ours: ms | ours: peak MiB | tfa tiled: ms | tfa tiled: peak MiB | time ratio |", "|---|---|---|---|---|---|"]
+    by_case = {(r["implementation"], r["batch_size"]): r for r in result["results"]}
+    for size in sorted({r["batch_size"] for r in result["results"]}):
+        ours, naive = by_case[("ours", size)], by_case[("naive", size)]
+        naive_memory = naive.get("failed") or f"{naive['peak_memory_mib']:,.0f}"
+        ratio = f"{naive['seconds'] / ours['seconds']:.1f}x" if naive["seconds"] and ours["seconds"] else "—"
+        lines.append(f"| {size} | {_ms(ours['seconds'])} | {ours['peak_memory_mib']:,.0f} | {_ms(naive['seconds'])} | "
+                     f"{naive_memory} | {ratio} |")
+    return lines
+
+
+def train_section(result: dict) -> list[str]:
+    peak = result["summary"]["matmul_peak_gflops"]
+    lines = ["### bench-train: training step, batch 32", "",
+             (f"TensorFlow matmul 4096² in the same run: float32 {peak['float32']:.0f} GFLOP/s, "
+             f"bfloat16 {peak['bfloat16']:.0f} GFLOP/s."), "",
+             "| model | image | precision | images/s | GFLOP/image (train) | GFLOP/s | of float32 matmul peak |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["results"]:
+        lines.append(f"| {r['model']} | {r['image_size']}² | {r['precision']} | {r['images_per_second']:.1f} | "
+                     f"{r['training_gflop_per_image']:.1f} | {r['achieved_gflops']:.0f} | "
+                     f"{r['fraction_of_float32_matmul_peak']:.0%} |")
+    return lines
+
+
+def pipeline_section(result: dict) -> list[str]:
+    lines = ["### bench-pipeline: input feed vs training", "",
+             "| profile | image | feed images/s | training images/s | feed / training |", "|---|---|---|---|---|"]
+    for r in result["results"]:
+        lines.append(f"| {r['profile']} | {r['image_size']}² | {r['feed_images_per_second']:,.0f} | "
+                     f"{r['training_images_per_second']:.1f} | {r['feed_over_training']:.0f}x |")
+    stalls = result["summary"]["end_of_epoch_stall_seconds"]
+    lines += ["", "End-of-epoch stall (last step → loop exit), seconds per epoch: "
+              + "; ".join(f"{k}: {', '.join(f'{v:.3f}' for v in values)}" for k, values in stalls.items()) + "."]
+    return lines
+
+
+def contrastive_section(result: dict) -> list[str]:
+    summary = result["summary"]
+    lines = [f"### bench-contrastive: one epoch over {summary['pairs']} training pairs ({summary['images']} images)", "",
+             ("| path | epoch s | one-time features s | estimated epoch over all "
+             f"{summary['training_pairs_of_the_profile']:,} pairs, s |"), "|---|---|---|---|"]
+    for r in result["results"]:
+        lines.append(f"| {r['path']} | {r['epoch_seconds']:.2f} | {r['one_time_feature_seconds']:.1f} | "
+                     f"{summary['estimated_full_epoch_seconds'][r['path']]:,.0f} |")
+    return lines
+
+
+SECTIONS = {"loss": loss_section, "train": train_section, "pipeline": pipeline_section, "contrastive": contrastive_section}
+
+
+def render() -> str:
+    lines = []
+    for name, section in SECTIONS.items():
+        path = RESULTS_DIR / f"{name}.json"
+        if not path.exists():
+            lines += [f"### bench-{name}", "", f"Not measured yet: `make bench-{name}`.", ""]
+            continue
+        result = json.loads(path.read_text())
+        environment = result["environment"]
+        lines += section(result)
+        lines += ["", f"`{result['ratio_line']}`", "",
+                  (f"Measured {environment['date']} on {environment['cpu']}, {environment['cores']} cores, TensorFlow "
+                  f"{environment.get('tensorflow', '?')}; load average {environment['load_average_at_start'][0]:.1f} "
+                  f"at the start, {environment['load_average_at_end'][0]:.1f} at the end."), ""]
+    return "\n".join(lines).rstrip("\n")
+
+
+def main() -> int:
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"error: {README} has no {BEGIN} … {END} markers", file=sys.stderr)
+        return 2
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    temporary = README.with_name(f".{README.name}.{os.getpid()}.tmp")
+    temporary.write_text(f"{head}{BEGIN}\n{render()}\n{END}{tail}")
+    os.replace(temporary, README)
+    print(f"updated {README.relative_to(BENCHMARKS_DIR.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Training-step measurements shared by bench-train and bench-pipeline: images per second of one triplet training step
+(the same step as `sigverify.train.Trainer` runs per replica: forward, TripletSemiHardLoss, backward, Adam), the FLOPs
+of a model counted from its layer shapes, and TensorFlow's own matrix-multiply peak on this machine."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from common import median_seconds
+
+from sigverify.losses import TripletSemiHardLoss
+from sigverify.models import build_embedding_model
+
+TRAINING_PASSES = 3  # forward, then backward through the activations and through the weights: each costs one forward
+
+
+def matmul_gflops(size: int = 4096, dtype: str = "float32") -> float:
+    """GFLOP/s of tf.matmul on two size×size matrices (2·size³ FLOPs a product), median of repeated products."""
+    rng = np.random.default_rng(0)
+    a = tf.cast(tf.constant(rng.normal(size=(size, size)).astype(np.float32)), dtype)
+    b = tf.cast(tf.constant(rng.normal(size=(size, size)).astype(np.float32)), dtype)
+    product = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+    product()
+    return 2 * size**3 / median_seconds(lambda: product().numpy(), min_repeats=5, min_seconds=2.0) / 1e9
+
+
+def _layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+        else:
+            yield layer
+
+
+def forward_flops_per_image(model: keras.Model) -> int:
+    """Multiply-adds × 2 of every convolution and dense layer for one image (batch-norm, activations, pooling and the
+    loss are left out: a few percent)."""
+    total = 0
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel_h, kernel_w, channels_in_per_group, channels_out = layer.kernel.shape
+            _, out_h, out_w, _ = layer.output.shape
+            total += 2 * out_h * out_w * channels_out * kernel_h * kernel_w * channels_in_per_group
+        elif isinstance(layer, keras.layers.Dense):
+            units_in, units_out = layer.kernel.shape
+            positions = int(np.prod(layer.output.shape[1:-1])) if len(layer.output.shape) > 2 else 1
+            total += 2 * positions * units_in * units_out
+    return int(total)
+
+
+def triplet_model(cut_layer: str, image_size: int) -> keras.Model:
+    return build_embedding_model("resnet50", cut_layer, (image_size, image_size, 3), weights=None)
+
+
+def make_train_step(model: keras.Model):
+    """A compiled training step, (images, labels) → loss: the step `sigverify.train.Trainer` runs on each replica."""
+    loss_fn = TripletSemiHardLoss()
+    optimizer = keras.optimizers.Adam(1e-4)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def train_step(images, labels):
+        with tf.GradientTape() as tape:
+            loss = tf.cast(loss_fn(labels, model(images, training=True)), tf.float32)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    return train_step
+
+
+def train_step_images_per_second(model: keras.Model, batch_size: int, steps: int, images_per_class: int = 4) -> float:
+    """Images per second of compiled training steps on one random batch (after one warm-up step that traces)."""
+    image_size = model.input_shape[1]
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.normal(scale=60.0, size=(batch_size, image_size, image_size, 3)).astype(np.float32))
+    labels = tf.constant(np.repeat(np.arange(batch_size // images_per_class), images_per_class).astype(np.int32))
+    train_step = make_train_step(model)
+    train_step(images, labels).numpy()
+    seconds = median_seconds(lambda: train_step(images, labels).numpy(), min_repeats=steps, min_seconds=0.0,
+                             max_repeats=steps)
+    return batch_size / seconds
+
+
+def with_precision(policy: str, function, *args):
+    """`function(*args)` under a Keras dtype policy, restoring float32 afterwards."""
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        return function(*args)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")

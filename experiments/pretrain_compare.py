@@ -1,0 +1,140 @@
+"""How much of the ImageNet gap does pretraining on signatures close? The same triplet fine-tuning (the triplet
+experiment's model, loss and profile settings, the same seeds and folds) from each start: random initialisation,
+SimCLR, MoCo v2, synthetic-writer pretraining, and ImageNet where its weights can be loaded; one table (table.md,
+table.csv, runs.csv) and one figure (max accuracy on skilled forgeries per start, mean ± std over the runs).
+
+Each method is pretrained once, as exp-pretrain does, into the sub-run `pretrain-<method>/` (a pretraining run folder:
+`--weights <it>` works elsewhere too); the fine-tuning runs are the sub-runs `<start>-seed<s>` (or
+`<start>-fold<f>-seed<s>`). A resumed run keeps the finished sub-runs.
+
+    python experiments/pretrain_compare.py --profile quick [--data DIR] [--starts random,simclr] [--seeds 3]
+    (or: make exp-pretrain-compare STARTS=random,simclr SEEDS=3)
+"""
+
+import copy
+import sys
+from dataclasses import dataclass
+
+from sigverify.config import PRETRAIN_COMPARE_PROFILES
+from sigverify.errors import ConfigError
+from sigverify.experiment import run_experiment, seed_everything
+from sigverify.models import resolve_weights
+from sigverify.pipeline import (
+    Prepared,
+    check_embedding_model_settings,
+    check_loss_settings,
+    configured_embedding_model,
+    prepare_experiment,
+    train_and_report,
+)
+from sigverify.pretrain.compare import (
+    START_NAMES,
+    check_no_test_writer_is_pretrained_on,
+    frozen_feature_accuracies,
+    gap_lines,
+    plot_accuracy_by_start,
+    pretraining_methods,
+    selected_starts,
+)
+from sigverify.pretrain.run import (
+    PretrainPrepared,
+    as_pretraining_config,
+    check_pretrain_settings,
+    prepare_pretraining,
+    pretrain_and_report,
+    with_method,
+)
+from sigverify.protocol import run_repeats
+from sigverify.runs import CONFIG_FILE, write_yaml, writing
+from sigverify.tables import summary_table, write_summary_tables
+
+
+@dataclass
+class ComparePrepared:
+    base: Prepared
+    starts: list[str]
+    pretraining: dict[str, PretrainPrepared]  # method -> its images
+    skipped: dict[str, str]  # start -> why it is not in the comparison
+
+
+def prepare(config) -> ComparePrepared:
+    starts = selected_starts(config.pretrain.starts)
+    methods = pretraining_methods(starts)
+
+    def check_settings():
+        check_embedding_model_settings(config)
+        check_loss_settings(config)
+        for method in methods:
+            check_pretrain_settings(with_method(config, method))
+
+    base = prepare_experiment(config, check_settings)
+    check_no_test_writer_is_pretrained_on(config, starts, base.data.train_writers)
+    skipped = {}
+    if "imagenet" in starts:
+        try:
+            resolve_weights("imagenet", config.model.backbone)
+        except ConfigError as error:
+            skipped["imagenet"] = str(error)
+    pretraining = {method: prepare_pretraining(with_method(config, method), base) for method in methods}
+    return ComparePrepared(base, [start for start in starts if start not in skipped], pretraining, skipped)
+
+
+def pretrain_once(run, config, method: str, prepared: PretrainPrepared):
+    """The method's pretraining sub-run (kept if finished): the start of that method's fine-tuning runs."""
+    sub = run.child(f"pretrain-{method}")
+    if sub.is_complete():
+        print(f"pretrain-{method}: finished earlier, kept ({sub.path})", file=sys.stderr)
+        return sub.path
+    print(f"pretrain-{method} → {sub.path}", file=sys.stderr)
+    method_config = with_method(config, method)
+    method_config.model.weights = "none"  # pretraining is the alternative to ImageNet: it starts from random weights
+    seed_everything(config.train.seed, config.train.deterministic)
+    with sub.running():
+        write_yaml(sub.file(CONFIG_FILE), as_pretraining_config(method_config).to_dict())
+        pretrain_and_report(sub, method_config, prepared)
+    return sub.path
+
+
+def fine_tune(run, config, prepared):
+    """The triplet experiment, from the start `--weights` names."""
+    return train_and_report(run, config, prepared, lambda: configured_embedding_model(config))
+
+
+def compare(run, config, prepared: ComparePrepared) -> dict:
+    pretraining_runs = {method: pretrain_once(run, config, method, images)
+                        for method, images in prepared.pretraining.items()}
+    weights = {"random": "none", "imagenet": "imagenet", **{m: str(path) for m, path in pretraining_runs.items()}}
+    folders = {}
+    for start in prepared.starts:
+        start_config = copy.deepcopy(config)
+        start_config.model.weights = weights[start]
+        folders[start] = run_repeats(run, start_config, prepared.base, fine_tune, prefix=f"{start}-")
+    summary, runs = summary_table(folders, "start")
+    train, pretrain = config.train, config.pretrain
+    skipped = [f"- {START_NAMES[start]}: not compared ({why})" for start, why in prepared.skipped.items()]
+    markdown = write_summary_tables(run.path, summary, runs, "start", [
+        f"# Pretraining starts: profile `{config.profile}`",
+        "",
+        (f"Fine-tuning from every start: {config.model.backbone} cut at {config.model.cut_layer} + conv head, "
+         f"{config.image.image_size}×{config.image.image_size} images, {train.loss} loss, {train.epochs} epochs, batch "
+         f"{train.batch_size} ({train.sampler} sampler), Adam {train.learning_rate:g} with the {train.schedule} "
+         f"schedule, seed(s) {train.seed}…{train.seed + train.seeds - 1}. Pretraining (once per method, seed "
+         f"{train.seed}): {pretrain.pretrain_epochs} epochs, batch {pretrain.pretrain_batch_size}; SimCLR and MoCo on "
+         f"`--unlabelled {pretrain.unlabelled}`, synthetic on {pretrain.synthetic_writers} writers × "
+         f"{pretrain.synthetic_samples} genuine + forgeries."),
+        "",
+        ("Max accuracy on skilled forgeries, and the gap to the post's best figure (Small ResNet50 + skip with "
+         "ImageNet weights on CEDAR at 224×224; a different model size and image size here unless the profile is blog):"),
+        "",
+        *gap_lines(summary),
+        *skipped,
+    ])
+    title = f"Fine-tuned from each start ({config.profile} profile)"
+    with writing(run.file("accuracy_by_start.png")) as temporary:
+        plot_accuracy_by_start(summary, frozen_feature_accuracies(pretraining_runs), temporary, title)
+    print(markdown)
+    return {"starts": summary.to_dict(orient="records")}
+
+
+if __name__ == "__main__":
+    sys.exit(run_experiment("pretrain-compare", PRETRAIN_COMPARE_PROFILES, prepare, compare, description=__doc__))

@@ -1,0 +1,225 @@
+"""Every Keras 3 backend: the backend-neutral modules import without TensorFlow under JAX, the loss oracle and model
+tests pass under JAX (and PyTorch when it is installed), a JAX triplet run writes the same run folder as a TensorFlow
+run and resumes, and the GPU benchmark runs on a CPU at a small size."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A representative subset of tests/test_losses.py and tests/test_models.py (their full files take minutes under JAX):
+# the semi-hard loss against its loop oracle (every distance, with ties, half precision, no positive pair, value and
+# gradient against the tiled TFA formulation), the batch-hard and contrastive oracles, and the exact parameter counts.
+BACKEND_SUBSET = [
+    "test_golden_value",
+    "(test_semihard_matches_loop_oracle and 8-3-2)",
+    "(test_semihard_with_exact_ties_matches_loop_oracle and 0-)",
+    "(test_semihard_computes_half_precision_inputs_in_float32 and 8-3-2)",
+    "test_batch_without_positive_pair_gives_finite_values",
+    "(test_semihard_value_and_gradient_match_tiled_tfa_formulation and 4-2-2-0)",
+    "(test_hard_matches_loop_oracle and 8-16-8)",
+    "test_contrastive",
+    "test_parameter_count_matches_the_post",
+    "(test_base_model_parameter_count_within_five_percent and cnn)",
+    "test_embedding_stays_float32_under_mixed_precision",
+]
+
+NEUTRAL_MODULES = ["sigverify.distances", "sigverify.losses", "sigverify.models", "sigverify.evaluate",
+                   "sigverify.plots", "sigverify.explain", "sigverify.report", "sigverify.data.samplers",
+                   "sigverify.pipeline", "sigverify.experiment", "sigverify.train_keras", "sigverify.bench_gpu"]
+
+# Files of a finished triplet run, whichever backend trained it.
+RUN_FILES = ["config.yaml", "metrics.json", "metrics.csv", "report.md", "model.keras", "embeddings.npz", "history.csv",
+             "density_hard.png", "density_easy.png", "roc.png", "history.png", "gradcam.png", "status.json"]
+
+# Runs a script with TensorFlow unimportable, as on the GPU machines (which have JAX and no TensorFlow).
+WITHOUT_TENSORFLOW = "import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = sys.argv[1:]; " \
+                     "runpy.run_path(sys.argv[0], run_name='__main__')"
+
+
+def backend_env(backend: str, **extra) -> dict:
+    return dict(os.environ, KERAS_BACKEND=backend, **extra)
+
+
+def test_neutral_modules_import_without_tensorflow_under_jax():
+    code = ("import sys, runpy\n"
+            f"for name in {NEUTRAL_MODULES!r}:\n"
+            "    __import__(name)\n"
+            "runpy.run_path('experiments/triplet.py')\n"
+            "loaded = sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.'))\n"
+            "print('keras backend', __import__('keras').backend.backend(), 'tensorflow modules', loaded)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=backend_env("jax"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "keras backend jax tensorflow modules []" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_loss_oracles_and_model_counts_pass_on_the_backend(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed: the loss and model tests run under KERAS_BACKEND={backend} where it is "
+                    f"(pip install {backend})")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_losses.py",
+                           "tests/test_models.py", "-k", " or ".join(BACKEND_SUBSET)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=backend_env(backend))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    passed = int(done.stdout.rsplit(" passed", 1)[0].split()[-1])
+    assert passed >= 30 and " skipped" not in done.stdout, done.stdout[-2000:]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from sigverify.data.synthetic import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_writers=10, n_samples=6, seed=1,
+                                      progress=False)
+
+
+@pytest.fixture(scope="module")
+def jax_run(tiny_dataset, tmp_path_factory):
+    """A JAX smoke triplet run on two CPU devices (data parallel), TensorFlow unimportable."""
+    workdir = tmp_path_factory.mktemp("jax-run")
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, str(REPO / "experiments" / "triplet.py"), "--profile", "smoke",
+         "--data", str(tiny_dataset), "--runs", str(workdir / "runs"), "--cpu-devices", "2", "--weights", "none"],
+        cwd=workdir, capture_output=True, text=True, timeout=600,
+        env=backend_env("jax", SIGVERIFY_CACHE=str(workdir / "cache")))
+    assert done.returncode == 0, done.stderr[-4000:]
+    return (workdir / "runs" / "triplet" / "latest").resolve(), done
+
+
+def test_jax_smoke_run_writes_the_whole_run_folder(jax_run):
+    run_dir, done = jax_run
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["backend"] == "jax" and config["train"]["epochs"] == 2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["environment"]["backend"] == "jax"
+    assert metrics["strategy"].startswith("DataParallel over 2 device(s)")
+    for pair_set in ("hard", "easy"):
+        assert 0.0 <= metrics[pair_set]["max_accuracy"] <= 1.0 and np.isfinite(metrics[pair_set]["eer"])
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,learning_rate,loss,val_loss" and [row.split(",")[0] for row in history[1:]] == ["0", "1"]
+    assert (run_dir / "checkpoints" / "last" / "latest.weights.h5").is_file()
+    embeddings = np.load(run_dir / "embeddings.npz")["embeddings"]
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-4)
+    assert "hard pairs: max accuracy" in done.stdout
+
+
+def test_jax_run_model_verifies_under_tensorflow(jax_run, tiny_dataset):
+    run_dir, _ = jax_run
+    done = subprocess.run([sys.executable, "-m", "sigverify.cli", "verify", "--run", str(run_dir),
+                           str(tiny_dataset / "full_org" / "original_1_1.png"),
+                           str(tiny_dataset / "full_forg" / "forgeries_1_1.png")],
+                          capture_output=True, text=True, timeout=300, env=backend_env("tensorflow"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "distance" in done.stdout and "threshold" in done.stdout
+
+
+def test_jax_run_refuses_to_resume_under_another_backend(jax_run, tmp_path):
+    run_dir, _ = jax_run
+    interrupted = tmp_path / "triplet" / run_dir.name
+    interrupted.mkdir(parents=True)
+    (interrupted / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    (interrupted / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "triplet.py"), "--resume", str(interrupted)],
+                          capture_output=True, text=True, timeout=300, env=backend_env("tensorflow"))
+    assert done.returncode == 2
+    assert "trained on the jax backend" in done.stderr and "KERAS_BACKEND=jax" in done.stderr
+
+
+FIT_AND_RESUME = """
+import json, sys
+from pathlib import Path
+import keras, numpy as np
+from sigverify.losses import TripletSemiHardLoss, count_positive_pairs
+from sigverify.train_common import NonFiniteLoss
+from sigverify.train_keras import LabelledImageBatches, OneDevice, fit_keras
+
+run_dir = Path(sys.argv[1])
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (24, 8, 8), dtype=np.uint8)
+labels = np.repeat(np.arange(6), 4)
+seen = []
+
+def batches_of_epoch(epoch):
+    seen.append(epoch)
+    order = np.random.default_rng(epoch).permutation(24)
+    return order.reshape(3, 8)
+
+def train(epochs, loss=TripletSemiHardLoss(), folder=run_dir):
+    with OneDevice("cpu:0").scope():
+        inputs = keras.Input((8, 8, 3), name="images")
+        outputs = keras.layers.Dense(4, name="embedding")(keras.layers.Flatten(name="flatten")(inputs))
+        model = keras.Model(inputs, outputs, name="tiny")
+        data = LabelledImageBatches(images, labels, "resnet50", batches_of_epoch, workers=1)
+        validation = LabelledImageBatches(images, labels, "resnet50", lambda epoch: np.arange(24).reshape(3, 8), workers=1)
+        return model, fit_keras(model, loss, keras.optimizers.Adam(1e-3), OneDevice("cpu:0"), folder, data, epochs,
+                                validation, batch_has_signal=lambda l: count_positive_pairs(l) > 0, verbose=0)
+
+_, first = train(1)
+model, resumed = train(3)
+try:
+    train(1, loss=lambda labels, embeddings: keras.ops.mean(embeddings) * float("nan"), folder=run_dir / "nan")
+    stopped = ""
+except NonFiniteLoss as error:
+    stopped = str(error)
+print(json.dumps({"first": first.initial_epoch, "resumed": resumed.initial_epoch, "seen": seen, "stopped": stopped,
+                  "epochs": [int(e) for e in resumed.history["epoch"]], "val": len(resumed.history["val_loss"]),
+                  "lr": resumed.history["learning_rate"][0], "uncompiled": not model.compiled}))
+"""
+
+
+def test_fit_keras_resumes_from_the_last_checkpoint(tmp_path):
+    """An epoch, then a second call in the same folder goes on from epoch 1: each epoch draws its own batches and
+    history.csv holds every epoch once; the embedding model itself stays uncompiled (model.keras has no optimizer).
+    A NaN loss stops training with NonFiniteLoss."""
+    done = subprocess.run([sys.executable, "-c", FIT_AND_RESUME, str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=backend_env("jax"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["first"] == 0 and result["resumed"] == 1
+    assert result["epochs"] == [0, 1, 2] and result["val"] == 3
+    assert result["seen"][:5] == [0, 0, 0, 1, 2]  # each call draws epoch 0 when it starts; then the epochs it trains
+    assert result["stopped"].startswith("epoch 1, batch 1: the training loss is nan; stopped")
+    assert result["lr"] == pytest.approx(1e-3) and result["uncompiled"]
+
+
+def test_bench_gpu_runs_on_the_cpu_at_a_small_size(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "sigverify.bench_gpu", "--image-size", "32", "--batch-size", "8",
+                           "--cut-layer", "conv2_block3_out", "--steps", "2", "--warmup", "1", "--loss-sweep",
+                           "--sweep-sizes", "16,64", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["precision"] for r in results["training"]] == ["float32", "mixed_bfloat16"]
+    for r in results["training"]:
+        assert r["images_per_second"] > 0 and r["achieved_tflops"] > 0 and r["device"].startswith("cpu")
+    assert [r["batch_size"] for r in results["loss_sweep"]] == [16, 64]
+    assert all(r["ms"] > 0 and np.isfinite(r["value"]) for r in results["loss_sweep"])
+    assert "images/s" in done.stdout and "TFLOP/s" in done.stdout
+
+
+def test_bench_gpu_counts_the_flops_of_convolutions_and_dense_layers():
+    import keras
+
+    from sigverify.bench_gpu import forward_flops
+
+    inputs = keras.Input((10, 12, 3))
+    x = keras.layers.Conv2D(5, 3, padding="same")(inputs)  # 10×12 outputs of 3·3·3 multiply-adds, 5 filters
+    x = keras.layers.Conv2D(4, 3, strides=2)(x)  # 4×5 outputs of 3·3·5, 4 filters
+    inner = keras.Model(inputs, x)
+    outer_inputs = keras.Input((10, 12, 3))
+    outputs = keras.layers.Dense(7)(keras.layers.Flatten()(inner(outer_inputs)))  # 80 inputs, 7 units
+    assert forward_flops(keras.Model(outer_inputs, outputs)) == 2 * (10 * 12 * 27 * 5 + 4 * 5 * 45 * 4 + 80 * 7)
