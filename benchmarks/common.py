@@ -18,8 +18,10 @@ RESULTS_DIR = BENCHMARKS_DIR / "results"
 GIB = 1024**3
 MIB = 1024**2
 
-# Every benchmark imports this module before TensorFlow: keep TensorFlow's C++ start-up messages out of the output.
+# Every benchmark imports this module first: keep TensorFlow's C++ start-up messages out of the output, and note how
+# busy the machine was when the benchmark started.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+LOAD_AVERAGE_AT_START = [round(x, 2) for x in os.getloadavg()]
 
 
 def median_seconds(call: Callable[[], object], min_repeats: int = 3, min_seconds: float = 1.0,
@@ -32,6 +34,18 @@ def median_seconds(call: Callable[[], object], min_repeats: int = 3, min_seconds
         call()
         times.append(time.perf_counter() - begin)
     return statistics.median(times)
+
+
+def fastest_and_cpu_seconds(call: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Of `repeats` calls of `call()` (already warmed up): the shortest wall time (on a shared machine, the call least
+    disturbed by other work) and the mean CPU time of this process's threads per call (the work done, whatever the
+    machine's load: a busy neighbour lengthens the wall time, not the CPU time)."""
+    wall_times, cpu_started = [], time.process_time()
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        call()
+        wall_times.append(time.perf_counter() - begin)
+    return min(wall_times), (time.process_time() - cpu_started) / repeats
 
 
 def _status_kib(field: str) -> int | None:
@@ -94,7 +108,7 @@ def machine() -> dict:
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "bfloat16_units": [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()],
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": LOAD_AVERAGE_AT_START,
         "python": platform.python_version(),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
     }

@@ -34,16 +34,17 @@ def loss_section(result: dict) -> list[str]:
 
 
 def train_section(result: dict) -> list[str]:
-    peak = result["summary"]["matmul_peak_gflops"]
     lines = ["### bench-train: training step, batch 32", "",
-             (f"TensorFlow matmul 4096² in the same run: float32 {peak['float32']:.0f} GFLOP/s, "
-             f"bfloat16 {peak['bfloat16']:.0f} GFLOP/s."), "",
-             "| model | image | precision | images/s | GFLOP/image (train) | GFLOP/s | of float32 matmul peak |",
-             "|---|---|---|---|---|---|---|"]
+             ("| model | image | precision | images/s | GFLOP/image (train) | GFLOP/s | float32 matmul GFLOP/s just before "
+              "| of that peak | of the matmul's GFLOP per CPU-second |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in result["results"]:
         lines.append(f"| {r['model']} | {r['image_size']}² | {r['precision']} | {r['images_per_second']:.1f} | "
                      f"{r['training_gflop_per_image']:.1f} | {r['achieved_gflops']:.0f} | "
-                     f"{r['fraction_of_float32_matmul_peak']:.0%} |")
+                     f"{r['float32_matmul_peak_gflops']:.0f} | {r['fraction_of_float32_matmul_peak']:.0%} | "
+                     f"{r['cpu_time_fraction_of_float32_matmul']:.0%} |")
+    peak = result["summary"]["matmul_peak_gflops"]
+    lines += ["", (f"Highest tf.matmul 4096² of the run: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 "
+                   f"{peak['bfloat16']:.0f} GFLOP/s.")]
     return lines
 
 
@@ -53,16 +54,18 @@ def pipeline_section(result: dict) -> list[str]:
     for r in result["results"]:
         lines.append(f"| {r['profile']} | {r['image_size']}² | {r['feed_images_per_second']:,.0f} | "
                      f"{r['training_images_per_second']:.1f} | {r['feed_over_training']:.0f}x |")
-    stalls = result["summary"]["end_of_epoch_stall_seconds"]
-    lines += ["", "End-of-epoch stall (last step → loop exit), seconds per epoch: "
-              + "; ".join(f"{k}: {', '.join(f'{v:.3f}' for v in values)}" for k, values in stalls.items()) + "."]
+    lines += ["", ("End-of-epoch stall through `experimental_distribute_dataset`, seconds per epoch (last step → end of "
+              "sequence + tear-down):"), ""]
+    for setting, parts in result["summary"]["end_of_epoch_stall_seconds"].items():
+        epochs = ", ".join(f"{a:.3f} + {b:.3f}" for a, b in zip(parts["end_of_sequence"], parts["tear_down"]))
+        lines.append(f"- {setting}: {epochs}")
     return lines
 
 
 def contrastive_section(result: dict) -> list[str]:
     summary = result["summary"]
-    lines = [f"### bench-contrastive: one epoch over {summary['pairs']} training pairs ({summary['images']} images)", "",
-             ("| path | epoch s | one-time features s | estimated epoch over all "
+    lines = [f"### bench-contrastive: one epoch over {summary['pairs']} training pairs", "",
+             (f"| path | epoch s | one-time features of {summary['images']:,} images, s | estimated epoch over all "
              f"{summary['training_pairs_of_the_profile']:,} pairs, s |"), "|---|---|---|---|"]
     for r in result["results"]:
         lines.append(f"| {r['path']} | {r['epoch_seconds']:.2f} | {r['one_time_feature_seconds']:.1f} | "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-from common import median_seconds
+from common import fastest_and_cpu_seconds
 
 from sigverify.losses import TripletSemiHardLoss
 from sigverify.models import build_embedding_model
@@ -15,14 +15,16 @@ from sigverify.models import build_embedding_model
 TRAINING_PASSES = 3  # forward, then backward through the activations and through the weights: each costs one forward
 
 
-def matmul_gflops(size: int = 4096, dtype: str = "float32") -> float:
-    """GFLOP/s of tf.matmul on two size×size matrices (2·size³ FLOPs a product), median of repeated products."""
+def matmul_gflops(size: int = 4096, dtype: str = "float32") -> tuple[float, float]:
+    """TensorFlow's tf.matmul on two size×size matrices (2·size³ FLOPs a product): GFLOP per second of the fastest of a
+    few products, and GFLOP per CPU-second of this process."""
     rng = np.random.default_rng(0)
     a = tf.cast(tf.constant(rng.normal(size=(size, size)).astype(np.float32)), dtype)
     b = tf.cast(tf.constant(rng.normal(size=(size, size)).astype(np.float32)), dtype)
     product = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
     product()
-    return 2 * size**3 / median_seconds(lambda: product().numpy(), min_repeats=5, min_seconds=2.0) / 1e9
+    wall, cpu = fastest_and_cpu_seconds(lambda: product().numpy(), repeats=5)
+    return 2 * size**3 / wall / 1e9, 2 * size**3 / cpu / 1e9
 
 
 def _layers(model: keras.Model):
@@ -70,17 +72,18 @@ def make_train_step(model: keras.Model):
     return train_step
 
 
-def train_step_images_per_second(model: keras.Model, batch_size: int, steps: int, images_per_class: int = 4) -> float:
-    """Images per second of compiled training steps on one random batch (after one warm-up step that traces)."""
+def train_step_images_per_second(model: keras.Model, batch_size: int, steps: int,
+                                 images_per_class: int = 4) -> tuple[float, float]:
+    """Compiled training steps on one random batch (after a warm-up step that traces): images per second of the fastest
+    of `steps` steps, and images per CPU-second of this process."""
     image_size = model.input_shape[1]
     rng = np.random.default_rng(0)
     images = tf.constant(rng.normal(scale=60.0, size=(batch_size, image_size, image_size, 3)).astype(np.float32))
     labels = tf.constant(np.repeat(np.arange(batch_size // images_per_class), images_per_class).astype(np.int32))
     train_step = make_train_step(model)
     train_step(images, labels).numpy()
-    seconds = median_seconds(lambda: train_step(images, labels).numpy(), min_repeats=steps, min_seconds=0.0,
-                             max_repeats=steps)
-    return batch_size / seconds
+    wall, cpu = fastest_and_cpu_seconds(lambda: train_step(images, labels).numpy(), repeats=steps)
+    return batch_size / wall, batch_size / cpu
 
 
 def with_precision(policy: str, function, *args):

@@ -57,7 +57,8 @@ def start_smoke(workdir: Path, data: Path, name: str, *extra: str, launcher: tup
     env = dict(os.environ, SIGVERIFY_CACHE=str(workdir / "cache"), TMPDIR=str(scratch))
     command = [sys.executable, *launcher, str(SCRIPT), *SMOKE_FLAGS, "--data", str(data),
                "--runs", str(workdir / "runs" / name), *extra]
-    return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(workdir / f"{name}.log", "w") as log:  # a file, not a pipe: nobody reads while the others run
+        return subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,7 @@ def runs(workdir, tiny_dataset):
         "workers": start_smoke(workdir, tiny_dataset, "workers", launcher=("-m", "sigverify.launch", "--workers", "2")),
     }
     for name, process in started.items():
-        _, stderr = process.communicate(timeout=900)
-        assert process.returncode == 0, f"{name}: {stderr[-4000:]}"
+        assert process.wait(timeout=900) == 0, f"{name}: {(workdir / f'{name}.log').read_text()[-4000:]}"
     return {name: (workdir / "runs" / name / "triplet" / "latest").resolve() for name in started}
 
 

@@ -139,28 +139,29 @@ def test_momentum_contrast_queue_and_momentum_update():
         return keras.Model(features, keras.layers.Dense(4, name=f"{name}_dense")(features), name=name)
 
     query_encoder, key_encoder = encoder("query"), encoder("key")
-    model = MomentumContrast(query_encoder, key_encoder, queue_size=5, momentum=0.75)
+    model = MomentumContrast(query_encoder, key_encoder, queue_size=7, momentum=0.75)
     assert not key_encoder.trainable_variables and len(model.trainable_variables) == 2
     for query_weight, key_weight in zip(query_encoder.get_weights(), key_encoder.get_weights()):
         np.testing.assert_array_equal(query_weight, key_weight)  # the key encoder starts as a copy
     rng = np.random.default_rng(0)
     query_encoder.set_weights([w + rng.normal(size=w.shape).astype("float32") for w in query_encoder.get_weights()])
     key_before, query_now = key_encoder.get_weights(), query_encoder.get_weights()
-    first, second = rng.normal(size=(2, 2, 3)).astype("float32")
+    first, second = rng.normal(size=(2, 3, 3)).astype("float32")
     queue_before = keras.ops.convert_to_numpy(model.queue).copy()
     queries, keys, queue = (keras.ops.convert_to_numpy(x) for x in model((first, second), training=True))
     np.testing.assert_allclose(queue, queue_before)  # the loss sees the queue before this batch
     np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1, rtol=1e-5)
     for key_weight, old, query_weight in zip(key_encoder.get_weights(), key_before, query_now):
         np.testing.assert_allclose(key_weight, 0.75 * old + 0.25 * query_weight, rtol=1e-5, atol=1e-6)
+    # Encoded in two interleaved halves (rows 0, 2 and row 1), the keys come back in the batch's order.
     expected_keys = key_encoder.predict_on_batch(second)
     np.testing.assert_allclose(keys, expected_keys / np.linalg.norm(expected_keys, axis=1, keepdims=True), rtol=1e-5)
     queue_after = keras.ops.convert_to_numpy(model.queue)
-    np.testing.assert_allclose(queue_after[:2], keys)
-    np.testing.assert_allclose(queue_after[2:], queue_before[2:])
+    np.testing.assert_allclose(queue_after[:3], keys)
+    np.testing.assert_allclose(queue_after[3:], queue_before[3:])
     model((first, second), training=True)
-    model((first, second), training=True)  # positions 4, then 0 again: the oldest keys go first
-    assert int(keras.ops.convert_to_numpy(model.queue_start)) == 1
+    model((first, second), training=True)  # positions 6, then 0 and 1 again: the oldest keys go first
+    assert int(keras.ops.convert_to_numpy(model.queue_start)) == 2
     frozen_state = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
     model((first, second), training=False)
     for before, after in zip(frozen_state, model.weights):

@@ -19,9 +19,11 @@ PROJECTION_HIDDEN_UNITS = 512
 
 def build_projection_head(feature_dim: int, projection_dim: int, hidden_units: int = PROJECTION_HIDDEN_UNITS,
                           name: str = "projection_head") -> keras.Model:
-    """SimCLR's g(·): Dense(hidden, relu) → Dense(projection_dim), on pooled features; dropped after pretraining."""
+    """SimCLR's g(·): Dense(hidden) → BatchNorm → ReLU → Dense(projection_dim), on pooled features; dropped after
+    pretraining."""
     features = keras.Input(shape=(feature_dim,), name="pooled_features")
-    hidden = layers.Dense(hidden_units, activation="relu", name="projection_hidden")(features)
+    hidden = layers.Dense(hidden_units, use_bias=False, name="projection_hidden")(features)
+    hidden = layers.ReLU(name="projection_relu")(layers.BatchNormalization(name="projection_bn")(hidden))
     return keras.Model(features, layers.Dense(projection_dim, name="projection")(hidden), name=name)
 
 
@@ -53,12 +55,17 @@ class MomentumContrast(keras.Model):
     """MoCo v2 (He et al. 2020; Chen et al. 2020): (query views, key views) → (queries, keys, queue before this batch),
     the tuple MoCoLoss takes; queries and keys L2-normalized, float32.
 
-    The key encoder is a copy of the query encoder that is never trained: at each training call, before the keys are
-    computed, each of its weights moves to momentum·key + (1 − momentum)·query (BatchNorm statistics included), and it
-    runs in inference mode, so a key carries no statistics of its batch. After the loss has its inputs, the batch's
-    keys replace the oldest entries of the queue (K × D, started as random unit vectors). Calls with training=False
-    change nothing. The state updates happen inside `call`, so the training loop drives MoCo like any other model.
-    One replica only: each replica would update its own queue (`sigverify.pretrain` refuses several).
+    The key encoder is a copy of the query encoder that the optimizer never sees (its variables are not trainable):
+    at each training call, before the keys are computed, each of its weights moves to momentum·key + (1 − momentum)·
+    query. Its BatchNorm layers normalize with batch statistics, as MoCo's do, but over two interleaved halves of the
+    key batch (even and odd positions) while the queries are normalized over the whole batch: one device's stand-in
+    for MoCo's shuffled BatchNorm, so that a query and its positive key are never normalized with the same images'
+    statistics (the paper's "cheating" through BatchNorm). Moving statistics do not serve here: measured on CEDAR, a key
+    encoder in inference mode gave almost the same key for every image (mean cosine 0.9999) and MoCo learnt nothing.
+    After the loss has its inputs, the batch's keys replace the oldest entries of the queue (K × D, started as random
+    unit vectors). Calls with training=False change nothing and use moving statistics. The state updates happen inside
+    `call`, so the training loop drives MoCo like any other model. One replica only: each replica would update its own
+    queue (`sigverify.pretrain` refuses several); batches of at least 4 images (halves of 2).
     """
 
     def __init__(self, query_encoder: keras.Model, key_encoder: keras.Model, queue_size: int, momentum: float,
@@ -70,7 +77,8 @@ class MomentumContrast(keras.Model):
         if [w.shape for w in query_weights] != [w.shape for w in key_weights]:
             raise ConfigError("MoCo: the key encoder must be built like the query encoder (same weights, same order)")
         key_encoder.set_weights(query_encoder.get_weights())
-        key_encoder.trainable = False
+        for weight in key_weights:  # the layers stay trainable, so that BatchNorm uses batch statistics in training
+            weight.trainable = False
         self.query_encoder, self.key_encoder = query_encoder, key_encoder
         self.queue_size, self.momentum = int(queue_size), float(momentum)
         dim = query_encoder.output.shape[-1]
@@ -84,11 +92,20 @@ class MomentumContrast(keras.Model):
         queries = l2_normalize_rows(ops.cast(self.query_encoder(query_views, training=training), "float32"))
         if training:
             self._momentum_update()
-        keys = ops.stop_gradient(l2_normalize_rows(ops.cast(self.key_encoder(key_views, training=False), "float32")))
+        keys = ops.stop_gradient(l2_normalize_rows(ops.cast(self._encode_keys(key_views, training), "float32")))
         queue = ops.copy(self.queue)  # the value before this batch's keys are written (not the variable itself)
         if training:
             self._enqueue(keys)
         return queries, keys, queue
+
+    def _encode_keys(self, key_views, training):
+        if not training:
+            return self.key_encoder(key_views, training=False)
+        positions = ops.arange(ops.shape(key_views)[0])
+        halves = (positions[0::2], positions[1::2])
+        keys = ops.concatenate([self.key_encoder(ops.take(key_views, half, axis=0), training=True) for half in halves],
+                               axis=0)
+        return ops.take(keys, ops.argsort(ops.concatenate(halves)), axis=0)  # back in the batch's order
 
     def _momentum_update(self) -> None:
         for key_weight, query_weight in zip(self.key_encoder.weights, self.query_encoder.weights):

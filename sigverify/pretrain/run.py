@@ -92,6 +92,9 @@ def check_pretrain_settings(config: ExperimentConfig) -> None:
         raise ConfigError(f"--pretrain-batch-size {pretrain.pretrain_batch_size}: synthetic-writer pretraining takes "
                           f"P×K batches of K = {SYNTHETIC_IMAGES_PER_CLASS}; expected a multiple of "
                           f"{SYNTHETIC_IMAGES_PER_CLASS}")
+    if pretrain.method == "moco" and pretrain.pretrain_batch_size < 4:
+        raise ConfigError(f"--pretrain-batch-size {pretrain.pretrain_batch_size}: MoCo normalizes its keys over two "
+                          "halves of the batch; expected at least 4 images")
     if pretrain.method == "moco" and pretrain.queue_size < pretrain.pretrain_batch_size:
         raise ConfigError(f"--queue-size {pretrain.queue_size}: expected at least the batch (--pretrain-batch-size "
                           f"{pretrain.pretrain_batch_size}), so that a batch never overwrites its own keys")
