@@ -73,22 +73,28 @@ def main() -> int:
 
     float32 = [r for r in rows if r["precision"] == "float32"]
     best = max(float32, key=lambda r: r["fraction_of_float32_matmul_peak"])
-    speedups = {f"{r['model']} {r['image_size']}": next(
-        m["images_per_second"] for m in rows if m["precision"] == "mixed_bfloat16" and m["model"] == r["model"]
-        and m["image_size"] == r["image_size"]) / r["images_per_second"] for r in float32}
-    mean_speedup = statistics.geometric_mean(speedups.values())
+    def bfloat16_speedups(measure: str) -> dict[str, float]:
+        return {f"{r['model']} {r['image_size']}": next(
+            m[measure] for m in rows if m["precision"] == "mixed_bfloat16" and m["model"] == r["model"]
+            and m["image_size"] == r["image_size"]) / r[measure] for r in float32}
+
+    speedups, cpu_speedups = bfloat16_speedups("images_per_second"), bfloat16_speedups("images_per_cpu_second")
+    mean_speedup, mean_cpu_speedup = (statistics.geometric_mean(x.values()) for x in (speedups, cpu_speedups))
     summary = {"matmul_peak_gflops": {"float32": max(r["float32_matmul_peak_gflops"] for r in rows),
                                       "bfloat16": max(r["bfloat16_matmul_peak_gflops"] for r in rows)},
                "best_float32": {k: best[k] for k in ("model", "image_size", "achieved_gflops",
                                                       "fraction_of_float32_matmul_peak")},
                "median_fraction_of_peak": statistics.median(r["fraction_of_float32_matmul_peak"] for r in float32),
                "median_cpu_time_fraction": statistics.median(r["cpu_time_fraction_of_float32_matmul"] for r in float32),
-               "mixed_bfloat16_speedup": speedups, "mixed_bfloat16_speedup_geometric_mean": mean_speedup}
+               "mixed_bfloat16_speedup": speedups, "mixed_bfloat16_speedup_geometric_mean": mean_speedup,
+               "mixed_bfloat16_speedup_per_cpu_second": cpu_speedups,
+               "mixed_bfloat16_speedup_per_cpu_second_geometric_mean": mean_cpu_speedup}
     ratio_line = (f"ratio: float32 training / float32 matmul peak: wall clock best "
                   f"{best['fraction_of_float32_matmul_peak']:.2f} ({best['model']} {best['image_size']}², "
                   f"{best['achieved_gflops']:.0f} of {best['float32_matmul_peak_gflops']:.0f} GFLOP/s), median "
                   f"{summary['median_fraction_of_peak']:.2f}; per CPU-second median {summary['median_cpu_time_fraction']:.2f}; "
-                  f"mixed_bfloat16 / float32 images/s {mean_speedup:.2f}x (geometric mean of {len(speedups)} cases)")
+                  f"mixed_bfloat16 / float32 images/s {mean_speedup:.2f}x, per CPU-second {mean_cpu_speedup:.2f}x "
+                  f"(geometric means of {len(speedups)} cases)")
     write_results("train", {"batch_size": BATCH_SIZE, "timed_steps": steps, "models": MODELS,
                             "image_sizes": IMAGE_SIZES, "precisions": PRECISIONS,
                             "flops": "conv+dense multiply-adds × 2 × 3 (forward + backward)"},

@@ -19,8 +19,10 @@ PROJECTION_HIDDEN_UNITS = 512
 
 def build_projection_head(feature_dim: int, projection_dim: int, hidden_units: int = PROJECTION_HIDDEN_UNITS,
                           name: str = "projection_head") -> keras.Model:
-    """SimCLR's g(·): Dense(hidden) → BatchNorm → ReLU → Dense(projection_dim), on pooled features; dropped after
-    pretraining."""
+    """SimCLR's and MoCo's g(·): Dense(hidden) → BatchNorm → ReLU → Dense(projection_dim), on pooled features;
+    dropped after pretraining. BatchNorm as in SimCLR's and MoCo v3's code: on CEDAR (quick profile) it took SimCLR's
+    frozen features from 0.739 to 0.768 max accuracy on skilled forgeries, and without it MoCo did not learn in 3
+    epochs (loss near chance, frozen features 0.57 against 0.64 with it)."""
     features = keras.Input(shape=(feature_dim,), name="pooled_features")
     hidden = layers.Dense(hidden_units, use_bias=False, name="projection_hidden")(features)
     hidden = layers.ReLU(name="projection_relu")(layers.BatchNormalization(name="projection_bn")(hidden))
