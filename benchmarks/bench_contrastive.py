@@ -31,7 +31,7 @@ from sigverify.distribute import make_strategy
 from sigverify.losses import ContrastiveLoss
 from sigverify.models import build_contrastive_embedding_model, build_siamese
 from sigverify.pipeline import cached_features, prepare_data
-from sigverify.preprocess import PreprocessConfig
+from sigverify.data.preprocess import PreprocessConfig
 from sigverify.train import Trainer, make_optimizer
 
 DEFAULT_PAIRS = 512

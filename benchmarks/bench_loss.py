@@ -1,5 +1,6 @@
-"""bench-loss: our TripletSemiHardLoss against the original's tiled formulation (benchmarks/naive_semihard.py), forward
-and backward on float32 L2-normalized 256-d embeddings, P×K labels (4 images per class), at several batch sizes.
+"""bench-loss: our TripletSemiHardLoss against the original's tiled formulation (`naive_tiled_semihard_loss` in
+tests/metric_oracles.py, the tests' reference), forward and backward on float32 L2-normalized 256-d embeddings, P×K
+labels (4 images per class), at several batch sizes.
 
 Each (loss, batch size) runs in its own subprocess: the time is the median of repeated calls of one compiled
 tf.function (value and gradient), the memory is the growth of the peak resident set over the process's state before
@@ -18,6 +19,7 @@ import subprocess
 import sys
 
 from common import (
+    BENCHMARKS_DIR,
     GIB,
     MIB,
     limit_address_space,
@@ -27,6 +29,9 @@ from common import (
     rss_bytes,
     write_results,
 )
+
+# The tiled reference lives with the tests' oracles (tests/metric_oracles.py): the repository root must be importable.
+sys.path.insert(0, str(BENCHMARKS_DIR.parent))
 
 IMPLEMENTATIONS = ("ours", "naive")
 EMBEDDING_DIM = 256
@@ -39,9 +44,9 @@ def measure(implementation: str, batch_size: int, budget_bytes: int) -> dict:
     """In the subprocess: time and peak memory growth of value + gradient of one loss at one batch size."""
     import numpy as np
     import tensorflow as tf
-    from naive_semihard import naive_tiled_semihard_loss
 
     from sigverify.losses import TripletSemiHardLoss
+    from tests.metric_oracles import naive_tiled_semihard_loss
 
     loss = TripletSemiHardLoss() if implementation == "ours" else None
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ from training import make_train_step, train_step_images_per_second, triplet_mode
 from sigverify.config import TRIPLET_PROFILES, build_config
 from sigverify.data.feed import image_batches
 from sigverify.pipeline import prepare_data, training_batches
-from sigverify.preprocess import PreprocessConfig
+from sigverify.data.preprocess import PreprocessConfig
 
 PROFILES = ("quick", "blog")
 STALL_BATCHES = 4

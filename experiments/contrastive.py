@@ -10,35 +10,45 @@ the images themselves. Either way `model.keras` is the whole embedding model: im
 
 import sys
 
-import keras
 import numpy as np
 
-from sigverify.config import CONTRASTIVE_PROFILES
-from sigverify.data.feed import pair_batches
-from sigverify.distances import evaluation_metric_for
-from sigverify.distribute import describe_strategy, is_chief
-from sigverify.errors import ConfigError
+from sigverify.distances import scoring_distance
+from sigverify.evaluation.model import evaluate_model
 from sigverify.experiment import run_experiment
-from sigverify.losses import ContrastiveLoss
-from sigverify.models import (
+from sigverify.losses import ContrastiveLoss, describe_loss
+from sigverify.models.embedding import (
     build_contrastive_embedding_model,
-    build_siamese,
-    resolve_weights,
     unfreeze_backbone_from,
     validate_pretrained_settings,
     validate_unfreeze_layer,
 )
-from sigverify.pipeline import cached_features, embed, environment, evaluate_and_report, prepare_experiment
-from sigverify.plots import plot_embedding_3d
+from sigverify.models.inference import cached_features, embed
+from sigverify.models.siamese import build_siamese
+from sigverify.models.weights import resolve_weights
 from sigverify.protocol import repeated
-from sigverify.train import Trainer, make_optimizer
+from sigverify.reporting.plots import plot_embedding_3d
+from sigverify.reporting.run_files import training_facts, write_run_files
+from sigverify.settings import with_base
+from sigverify.steps import prepare_experiment
+from sigverify.training.engine import PairBatches, make_optimizer, pair_steps
+
+# SPEC "Contrastive baseline": frozen backbone, GAP, Dense head, margin 0.5. blog: the post's settings, 224×224, 50
+# epochs, Adam 5e-4 decayed per epoch, checkpoint on validation loss.
+PROFILES = with_base(
+    {"model": {"cut_layer": None, "embedding_dim": 128}, "loss": {"loss": "contrastive", "margin": 0.5},
+     "batches": {"sampler": "shuffled"}, "report": {"gradcam_images": 0}},
+    {
+        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32}, "train": {"epochs": 2},
+                  "batches": {"batch_size": 32}, "optimizer": {"schedule": "constant"}, "report": {"umap": False}},
+        "quick": {"image": {"image_size": 96}, "train": {"epochs": 15}, "batches": {"batch_size": 64},
+                  "optimizer": {"learning_rate": 5e-4, "schedule": "epoch-exponential", "decay_rate": 0.9}},
+        "blog": {"train": {"epochs": 50}, "batches": {"batch_size": 64},
+                 "optimizer": {"learning_rate": 5e-4, "schedule": "epoch-exponential", "decay_rate": 0.9}},
+    },
+)
 
 
 def prepare(config):
-    if keras.backend.backend() != "tensorflow":
-        raise ConfigError("the contrastive experiment trains through tf.distribute: run it with "
-                          "KERAS_BACKEND=tensorflow (the triplet experiment also runs on JAX)")
-
     def check_settings():
         validate_pretrained_settings(config.model.backbone, config.image.image_size)
         if config.model.unfreeze_from:
@@ -48,59 +58,41 @@ def prepare(config):
 
 
 def train_and_evaluate(run, config, prepared):
-    strategy, data = prepared.strategy, prepared.data
-    size, backbone, train = config.image.image_size, config.model.backbone, config.train
-    with strategy.scope():
+    engine, data, backbone, fine_tune = prepared.engine, prepared.data, config.model.backbone, config.model.unfreeze_from
+    seed, batch_size = config.train.seed, config.batches.batch_size
+    with engine.scope():
         weights, weights_description = resolve_weights(config.model.weights, backbone)
-        embedding = build_contrastive_embedding_model(backbone, (size, size, 3), weights,
+        embedding = build_contrastive_embedding_model(backbone, config.image.image_size, weights,
                                                       embedding_dim=config.model.embedding_dim)
         head, frozen = embedding.get_layer("contrastive_head"), embedding.get_layer(f"pretrained_{backbone}")
-        if config.model.unfreeze_from:
-            unfreeze_backbone_from(frozen, backbone, config.model.unfreeze_from)
-            tower, train_inputs, test_inputs, input_backbone = embedding, data.train.images, data.test.images, backbone
-        else:
-            tower, input_backbone = head, None
-            train_inputs = cached_features(frozen, data.train.images, backbone, config.data.cache_dir)
-            test_inputs = cached_features(frozen, data.test.images, backbone, config.data.cache_dir)
+        if fine_tune:
+            unfreeze_backbone_from(frozen, backbone, fine_tune)
+            tower, train_inputs, test_inputs = embedding, data.train.images, data.test.images
+        else:  # the head alone trains, on the frozen backbone's features of each image
+            tower = head
+            train_inputs = cached_features(frozen, data.train.images, config.data.cache_dir)
+            test_inputs = cached_features(frozen, data.test.images, config.data.cache_dir)
         siamese = build_siamese(tower)
-        steps = -(-len(data.train.pairs) // train.batch_size)
-        optimizer = make_optimizer(train, steps_per_epoch=steps)
+        train_feed = PairBatches(train_inputs, lambda epoch: pair_steps(data.train.pairs, batch_size, seed, epoch))
+        optimizer = make_optimizer(config.optimizer, config.train.epochs, train_feed.steps())
+    loss = ContrastiveLoss(margin=config.loss.margin)
+    validation = PairBatches(test_inputs, lambda epoch: pair_steps(data.test.pairs, batch_size, seed, 0, shuffle=False))
+    result = engine.fit(run.path, siamese, loss, train_feed, config.train.epochs, optimizer, validation)
 
-    def batches(inputs, pairs, epoch, shuffle=True):
-        return pair_batches(inputs, pairs["a"].to_numpy(), pairs["b"].to_numpy(), pairs["same"].to_numpy(),
-                            train.batch_size, train.seed, epoch, backbone=input_backbone, shuffle=shuffle)
-
-    trainer = Trainer(siamese, ContrastiveLoss(margin=train.margin), optimizer, strategy, run.path,
-                      write_files=is_chief(strategy), jit=train.jit)
-    result = trainer.fit(lambda epoch: batches(train_inputs, data.train.pairs, epoch), train.epochs, steps,
-                         validation_batches=lambda epoch: batches(test_inputs, data.test.pairs, 0, shuffle=False))
-
-    embeddings = None
-    if not config.model.unfreeze_from:  # the head alone turns the cached features into embeddings
-        embeddings = tuple(embed(head, features, None) for features in (test_inputs, train_inputs))
+    embeddings = None if fine_tune else tuple(embed(head, features) for features in (test_inputs, train_inputs))
+    facts = training_facts(
+        engine, embedding, weights_description,
+        f"Siamese: frozen {backbone} + global average pooling + dense head"
+        + (f", fine-tuned from {fine_tune}" if fine_tune else ""),
+        f"{describe_loss(loss)} on Euclidean distance", result)
+    facts.update(trainable_params=int(sum(np.prod(w.shape) for w in tower.trainable_weights)),
+                 training_path="images" if fine_tune else "cached backbone features", n_train_pairs=len(data.train.pairs))
+    evaluation = evaluate_model(embedding, data, scoring_distance(config.loss.distance), embeddings)
     writers, genuine = data.test.index["writer"].to_numpy(), data.test.index["genuine"].to_numpy()
-    facts = {
-        "weights": weights_description,
-        "params": embedding.count_params(),
-        "trainable_params": int(sum(np.prod(w.shape) for w in tower.trainable_weights)),
-        "model_description": f"Siamese: frozen {backbone} + global average pooling + dense head"
-                             + (f", fine-tuned from {config.model.unfreeze_from}" if config.model.unfreeze_from else ""),
-        "training_path": "images" if config.model.unfreeze_from else "cached backbone features",
-        "loss_description": f"ContrastiveLoss(margin={train.margin}) on Euclidean distance",
-        "n_train_pairs": len(data.train.pairs),
-        "train_seconds": result.train_seconds,
-        "epochs_resumed_from": result.initial_epoch,
-        "strategy": describe_strategy(strategy),
-        "precision": prepared.precision,
-        "environment": environment(),
-    }
-    metric = evaluation_metric_for(train.distance_metric, l2_normalized=True)
-    extra_plots = [("embedding_3d.png", lambda path, test_embeddings: plot_embedding_3d(test_embeddings, writers, genuine,
-                                                                                       path))]
-    return evaluate_and_report(run, config, embedding, data, facts, result.history, metric=metric,
-                               extra_plots=extra_plots, embeddings=embeddings)
+    figures = {"embedding_3d.png": lambda path, test_embeddings: plot_embedding_3d(test_embeddings, writers, genuine,
+                                                                                   path)}
+    return write_run_files(run, config, embedding, data, evaluation, facts, result.history, figures)
 
 
 if __name__ == "__main__":
-    sys.exit(run_experiment("contrastive", CONTRASTIVE_PROFILES, prepare, repeated(train_and_evaluate),
-                            description=__doc__))
+    sys.exit(run_experiment("contrastive", PROFILES, prepare, repeated(train_and_evaluate), description=__doc__))

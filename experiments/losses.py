@@ -19,129 +19,113 @@ import copy
 import json
 import sys
 
-import keras
-import numpy as np
-
-from sigverify import plots
-from sigverify.config import CONTRASTIVE_PROFILES, LOSSES_PROFILES
-from sigverify.distances import evaluation_metric_for
-from sigverify.errors import ConfigError
+from sigverify.distances import scoring_distance
+from sigverify.evaluation.model import evaluate_model, reference_points
 from sigverify.experiment import run_experiment
-from sigverify.losses import ContrastiveLoss, describe_loss
-from sigverify.models import build_siamese, resolve_weights
-from sigverify.pipeline import (
-    check_embedding_model_settings,
-    check_loss_settings,
-    configured_embedding_model,
-    evaluate_and_report,
-    prepare_experiment,
-    reference_points,
-    train_and_report,
-    training_batches,
-    training_facts,
-)
+from sigverify.losses import ContrastiveLoss, describe_loss, loss_from_settings
+from sigverify.models.backbones import validate_model_settings
+from sigverify.models.siamese import build_siamese
+from sigverify.models.weights import resolve_weights
+from sigverify.models.zoo import embedding_model_from_settings
 from sigverify.protocol import run_repeats
+from sigverify.reporting.plots import plot_distance_density_overlay
+from sigverify.reporting.run_files import training_facts, write_run_files
+from sigverify.reporting.tables import describe_training, read_pair_scores, summary_table, write_summary_tables
 from sigverify.runs import writing
-from sigverify.tables import read_pair_scores, summary_table, write_summary_tables
-from sigverify.train_common import make_optimizer
+from sigverify.settings import comma_list, with_base
+from sigverify.steps import labelled_feed, prepare_experiment, train_and_report
+from sigverify.training.engine import PairBatches, make_optimizer, pair_steps
 
 LOSS_NAMES = ("contrastive", "semihard", "hard", "quadruplet", "cosface", "arcface", "sphereface")
-CONTRASTIVE_MARGIN = CONTRASTIVE_PROFILES["blog"]["train"]["margin"]  # the post's Siamese baseline: 0.5
+CONTRASTIVE_MARGIN = 0.5  # the post's Siamese baseline
 
-
-def selected_losses(losses: str | None) -> list[str]:
-    """The `--losses` names in order (default: all of LOSS_NAMES)."""
-    if losses is None:
-        return list(LOSS_NAMES)
-    names = list(dict.fromkeys(name.strip() for name in losses.split(",") if name.strip()))
-    unknown = [name for name in names if name not in LOSS_NAMES]
-    if not names or unknown:
-        raise ConfigError(f"--losses {losses!r}: expected comma-separated names from {', '.join(LOSS_NAMES)}")
-    return names
+# The triplet experiment's model and P×K batches for every loss; no UMAP or Grad-CAM per run (many runs). quick: 64×64
+# images, 16 genuine + 16 forged per writer (K = 12 references leave 4 questioned genuine), 3 epochs: about 2 minutes a
+# run on a busy 2-core CPU, so 7 losses × 5 folds take over an hour there. blog: the post's protocol, with P×K batches
+# of 16 × 4 = 64 so that every batch-mining loss has positives.
+PK_BATCHES = {"batch_size": 64, "sampler": "pk", "classes_per_batch": 16, "images_per_class": 4}
+PROFILES = with_base(
+    {"report": {"umap": False, "gradcam_images": 0}},
+    {
+        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
+                  "model": {"cut_layer": "conv3_block4_add"}, "train": {"epochs": 2},
+                  "batches": {"batch_size": 16, "sampler": "pk", "classes_per_batch": 4, "images_per_class": 4},
+                  "optimizer": {"schedule": "constant"}},
+        "quick": {"data": {"max_samples": 16}, "image": {"image_size": 64}, "model": {"cut_layer": "conv3_block4_add"},
+                  "train": {"epochs": 3}, "batches": PK_BATCHES,
+                  "optimizer": {"schedule": "cosine", "learning_rate": 1e-3}},
+        "blog": {"batches": PK_BATCHES},
+    },
+)
 
 
 def with_loss(config, name: str):
     """The settings of one loss's runs (saved in each sub-run's config.yaml)."""
     sub = copy.deepcopy(config)
-    sub.train.loss, sub.train.losses = name, None
+    sub.loss.loss, sub.loss.losses = name, None
     if name == "contrastive":
-        sub.train.margin = CONTRASTIVE_MARGIN
+        sub.loss.margin = CONTRASTIVE_MARGIN
     return sub
 
 
 def prepare(config):
-    names = selected_losses(config.train.losses)
+    names = comma_list(config.loss.losses, "--losses", LOSS_NAMES)
 
     def check_settings():
-        check_embedding_model_settings(config)
+        validate_model_settings(config.model.backbone, config.model.cut_layer, config.image.image_size)
         # Tried once per process, and a failed ImageNet download builds a throw-away model: done here, it cannot shift
         # the seeded initialisation of the first sub-run, so every loss starts from the same weights for a seed.
         resolve_weights(config.model.weights, config.model.backbone)
         for name in names:
-            if name != "contrastive":
-                check_loss_settings(with_loss(config, name))
-        if "contrastive" in names and keras.backend.backend() != "tensorflow":
-            raise ConfigError("--losses: contrastive trains on pairs with the TensorFlow loop; on the "
-                              f"{keras.backend.backend()} backend leave it out (--losses semihard,hard,...)")
+            loss_from_settings(with_loss(config, name).loss)
 
     return prepare_experiment(config, check_settings)
 
 
 def train_on_pairs(run, config, prepared) -> dict:
     """The contrastive loss on the same embedding model: a Siamese network on random training pairs, as many images a
-    step and steps an epoch as the labelled losses, then the same evaluation. TensorFlow's loop (checked in `prepare`)."""
-    from sigverify.data.feed import pair_batches
-    from sigverify.distribute import is_chief
-    from sigverify.train import Trainer
-
-    strategy, data, train, backbone = prepared.strategy, prepared.data, config.train, config.model.backbone
-    steps = len(training_batches(data.train.labels, config, 0))
-    pairs_per_step = max(1, train.batch_size // 2)
-    with strategy.scope():
-        model, weights_description, model_description = configured_embedding_model(config)
+    step and steps an epoch as the labelled losses, then the same evaluation."""
+    engine, data, seed = prepared.engine, prepared.data, config.train.seed
+    steps = labelled_feed(data.train, config).steps()
+    pairs_per_step = max(1, config.batches.batch_size // 2)
+    train_feed = PairBatches(data.train.images, lambda epoch: pair_steps(data.train.pairs, pairs_per_step, seed, epoch,
+                                                                         limit=steps * pairs_per_step))
+    validation = PairBatches(data.test.images, lambda epoch: pair_steps(data.test.pairs, pairs_per_step, seed, 0,
+                                                                        limit=4 * pairs_per_step))
+    with engine.scope():
+        model, weights_description, model_description = embedding_model_from_settings(config.model,
+                                                                                      config.image.image_size)
         siamese = build_siamese(model)
-        optimizer = make_optimizer(train, steps_per_epoch=steps)
-    references = reference_points(model, data, backbone)
-
-    def batches(images, pairs, epoch, count):
-        chosen = np.random.default_rng([train.seed, epoch, 3]).choice(len(pairs), size=min(count, len(pairs)),
-                                                                       replace=False)
-        rows = pairs.iloc[chosen]
-        return pair_batches(images, rows["a"].to_numpy(), rows["b"].to_numpy(), rows["same"].to_numpy(), pairs_per_step,
-                            train.seed, epoch, backbone=backbone, shuffle=False)
-
-    loss = ContrastiveLoss(margin=train.margin)
-    trainer = Trainer(siamese, loss, optimizer, strategy, run.path, write_files=is_chief(strategy), jit=train.jit)
-    result = trainer.fit(lambda epoch: batches(data.train.images, data.train.pairs, epoch, steps * pairs_per_step),
-                         train.epochs, steps,
-                         validation_batches=lambda epoch: batches(data.test.images, data.test.pairs, 0, 4 * pairs_per_step))
-    facts = training_facts(prepared, model, weights_description, model_description,
+        optimizer = make_optimizer(config.optimizer, config.train.epochs, steps)
+    references = reference_points(model, data)
+    loss = ContrastiveLoss(margin=config.loss.margin)
+    result = engine.fit(run.path, siamese, loss, train_feed, config.train.epochs, optimizer, validation)
+    facts = training_facts(engine, model, weights_description, model_description,
                            f"{describe_loss(loss)} on Euclidean distance, Siamese pairs", result, references)
-    metric = evaluation_metric_for(train.distance_metric, l2_normalized=config.model.normalize)
-    return evaluate_and_report(run, config, model, data, facts, result.history, metric=metric)
+    evaluation = evaluate_model(model, data, scoring_distance(config.loss.distance, config.model.normalize))
+    return write_run_files(run, config, model, data, evaluation, facts, result.history)
 
 
 def train_with_loss(run, config, prepared) -> dict:
-    if config.train.loss == "contrastive":
+    if config.loss.loss == "contrastive":
         return train_on_pairs(run, config, prepared)
-    return train_and_report(run, config, prepared, lambda: configured_embedding_model(config))
+    return train_and_report(
+        run, config, prepared,
+        build_model=lambda: embedding_model_from_settings(config.model, config.image.image_size),
+        build_loss=lambda labels: loss_from_settings(config.loss, labels, config.model.embedding_dim))
 
 
 def run_losses(run, config, prepared) -> dict:
     folders = {name: run_repeats(run, with_loss(config, name), prepared, train_with_loss, prefix=f"{name}-")
-               for name in selected_losses(config.train.losses)}
+               for name in comma_list(config.loss.losses, "--losses", LOSS_NAMES)}
     summary, runs = summary_table(folders, "loss")
     first_runs = {name: json.loads((paths[0] / "metrics.json").read_text()) for name, paths in folders.items()}
-    train = config.train
-    splits = (f"{config.data.folds} writer-disjoint folds" if config.data.folds > 1 and config.data.fold is None
-              else "the default split" if config.data.folds == 1 else f"fold {config.data.fold} of {config.data.folds}")
-    weights = next(iter(first_runs.values()))["weights"].split(" (")[0]  # "random initialisation (why...)"
+    first = next(iter(first_runs.values()))
     markdown = write_summary_tables(run.path, summary, runs, "loss", [
         f"# Losses: profile `{config.profile}`",
         "",
-        (f"Every loss trains the same model ({next(iter(first_runs.values()))['model_description']}; weights: {weights}), "
-         f"{train.epochs} epochs, batch {train.batch_size} ({train.sampler} sampler), Adam {train.learning_rate:g} with "
-         f"the {train.schedule} schedule, on {splits} with seed(s) {train.seed}…{train.seed + train.seeds - 1}."),
+        (f"Every loss trains the same model ({first['model_description']}; weights: "
+         f"{first['weights'].split(' (')[0]}), {describe_training(config)}."),
         "",
         *[f"- {name}: {metrics['loss_description']}" for name, metrics in first_runs.items()],
     ])
@@ -150,11 +134,11 @@ def run_losses(run, config, prepared) -> dict:
         hard = read_pair_scores(paths[0])["hard"]
         curves[name] = (hard.distances, hard.same)
     with writing(run.file("density_hard_losses.png")) as temporary:
-        plots.plot_distance_density_overlay(curves, temporary, negative_label="skilled forgery",
-                                            title="Cosine distances of test pairs by training loss")
+        plot_distance_density_overlay(curves, temporary, negative_label="skilled forgery",
+                                      title="Cosine distances of test pairs by training loss")
     print(markdown)
     return {"losses": summary.to_dict(orient="records")}
 
 
 if __name__ == "__main__":
-    sys.exit(run_experiment("losses", LOSSES_PROFILES, prepare, run_losses, description=__doc__))
+    sys.exit(run_experiment("losses", PROFILES, prepare, run_losses, description=__doc__))

@@ -17,60 +17,47 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from sigverify import plots
-from sigverify.config import MODELS_PROFILES
+from sigverify.data.prepare import prepare_data
 from sigverify.errors import ConfigError
+from sigverify.evaluation.model import evaluate_model
 from sigverify.experiment import run_experiment
 from sigverify.losses import TripletSemiHardLoss
-from sigverify.models import MODEL_ZOO, build_zoo_model, minimum_image_size, resolve_weights, validate_zoo_model
-from sigverify.pipeline import (
-    Prepared,
-    describe_placement,
-    environment,
-    evaluate_and_report,
-    prepare_data,
-    prepare_experiment,
-    train_and_report,
-)
-from sigverify.preprocess import PreprocessConfig
+from sigverify.models.backbones import minimum_image_size
+from sigverify.models.zoo import MODEL_ZOO, build_zoo_model, model_weights, validate_zoo_model
 from sigverify.protocol import run_repeats
-from sigverify.runs import write_text, writing
-from sigverify.tables import (
-    BOOTSTRAP_RESAMPLES,
-    DEPLOYMENT_COLUMNS,
-    HEADERS,
-    PROTOCOL_NOTE,
-    read_pair_scores,
-    summary_cell,
-    summary_markdown,
-    summary_table,
-)
+from sigverify.reporting import plots
+from sigverify.reporting.run_files import training_facts, write_run_files
+from sigverify.reporting.tables import describe_training, number_text, read_pair_scores, summary_table, write_summary_tables
+from sigverify.runs import writing
+from sigverify.settings import comma_list, with_base
+from sigverify.steps import Prepared, prepare_experiment, train_and_report
 
-FROM_SCRATCH = ("base_cnn", "base_unet")
-METRIC_COLUMNS = ["train_seconds", "hard_max_accuracy", "hard_eer", "easy_max_accuracy", "hard_auc",
-                  "hard_honest_accuracy"]
-FACT_HEADERS = {"model": "model", "description": "description", "cut_layer": "cut layer", "image_size": "image",
-                "parameters": "parameters", "file_mb": "model.keras (MB)", "weights": "weights", "runs": "runs"}
+# A model whose cut needs bigger images than image_size runs at its own minimum (full ResNet50: 97, VGG16: 128). quick:
+# 64×64, 8 genuine + 8 forged images per writer, 4 epochs: about 27 CPU-minutes for all models on CEDAR (VGG16 12,
+# ResNet50 5), 15–20 minutes on an idle 2-core CPU. blog: the post's protocol, as the triplet experiment's.
+PROFILES = with_base(
+    {"model": {"cut_layer": None}},  # each model's backbone and cut layer come from MODEL_ZOO
+    {
+        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32}, "train": {"epochs": 2},
+                  "batches": {"batch_size": 16, "sampler": "pk", "classes_per_batch": 4, "images_per_class": 4},
+                  "optimizer": {"schedule": "constant"}, "report": {"umap": False, "gradcam_images": 2}},
+        "quick": {"data": {"max_samples": 8}, "image": {"image_size": 64}, "train": {"epochs": 4},
+                  "batches": {"batch_size": 64, "sampler": "pk", "classes_per_batch": 16, "images_per_class": 4},
+                  "optimizer": {"schedule": "cosine", "learning_rate": 1e-3}},
+        "blog": {},
+    },
+)
+TRAINED = [name for name, entry in MODEL_ZOO.items() if entry.kind != "contrastive"]  # contrastive: its own experiment
 
 
 @dataclass
 class ZooPrepared:
     image_sizes: dict[str, int]  # model name -> image side in pixels
-    by_size: dict[int, Prepared]  # image side -> strategy, precision and data preprocessed at that size
+    by_size: dict[int, Prepared]  # image side -> engine and data preprocessed at that size
 
-
-def selected_models(zoo: str | None) -> list[str]:
-    """The `--zoo` names in order (default: every MODEL_ZOO model but the contrastive one, its own experiment)."""
-    if zoo is None:
-        return [name for name, entry in MODEL_ZOO.items() if entry.kind != "contrastive"]
-    names = list(dict.fromkeys(name.strip() for name in zoo.split(",") if name.strip()))
-    if not names:
-        raise ConfigError(f"--zoo {zoo!r}: expected comma-separated model names from {', '.join(MODEL_ZOO)}")
-    for name in names:
-        if name in MODEL_ZOO and MODEL_ZOO[name].kind == "contrastive":
-            raise ConfigError(f"--zoo: {name} is trained with contrastive loss, in its own experiment (make "
-                              "exp-contrastive); expected triplet models and pretrained baselines")
-    return names
+    @property
+    def engine(self):
+        return next(iter(self.by_size.values())).engine
 
 
 def image_size_for(name: str, image_size: int) -> int:
@@ -88,7 +75,10 @@ def with_image_size(config, image_size: int):
 
 
 def prepare(config) -> ZooPrepared:
-    names = selected_models(config.model.zoo)
+    names = comma_list(config.model.zoo, "--zoo", list(MODEL_ZOO), default=TRAINED)
+    if contrastive := [name for name in names if MODEL_ZOO[name].kind == "contrastive"]:
+        raise ConfigError(f"--zoo: {contrastive[0]} is trained with contrastive loss, in its own experiment (make "
+                          "exp-contrastive); expected triplet models and pretrained baselines")
     image_sizes = {name: image_size_for(name, config.image.image_size) for name in names}
 
     def check_settings():
@@ -97,10 +87,7 @@ def prepare(config) -> ZooPrepared:
 
     first, *others = sorted(set(image_sizes.values()))
     base = prepare_experiment(with_image_size(config, first), check_settings)
-    by_size = {first: base}
-    for size in others:
-        preprocess = PreprocessConfig((size, size), config.image.binarize, config.image.keep_aspect)
-        by_size[size] = Prepared(base.strategy, base.precision, prepare_data(with_image_size(config, size), preprocess))
+    by_size = {first: base, **{size: Prepared(base.engine, prepare_data(with_image_size(config, size))) for size in others}}
     return ZooPrepared(image_sizes, by_size)
 
 
@@ -109,7 +96,7 @@ def model_config(config, name: str, image_size: int):
     entry = MODEL_ZOO[name]
     sub = with_image_size(config, image_size)
     sub.model.zoo = name
-    sub.model.backbone = "none" if entry.kind in FROM_SCRATCH else entry.backbone  # "none": images scaled to [0, 1]
+    sub.model.backbone = "none" if entry.backbone is None else entry.backbone  # "none": trained from scratch
     sub.model.cut_layer = entry.cut_layer
     sub.model.normalize = entry.normalize
     if entry.kind == "pretrained":
@@ -117,45 +104,32 @@ def model_config(config, name: str, image_size: int):
     return sub
 
 
-def model_weights(name: str, requested: str) -> tuple[str | None, str]:
-    entry = MODEL_ZOO[name]
-    if entry.kind in FROM_SCRATCH:
-        return None, "random initialisation (trained from scratch)"
-    return resolve_weights(requested, entry.backbone)
-
-
 def train_zoo_model(sub, config, prepared: Prepared) -> dict:
     """The triplet experiment's training and evaluation, with the zoo model `config.model.zoo`."""
-    name, train, size = config.model.zoo, config.train, config.image.image_size
+    name, loss, size = config.model.zoo, config.loss, config.image.image_size
     entry = MODEL_ZOO[name]
 
     def build_model():
         weights, weights_description = model_weights(name, config.model.weights)
         cut = f": {entry.backbone} cut at {entry.cut_layer} + conv head" if entry.kind == "cut" else ""
-        return build_zoo_model(name, (size, size, 3), weights), weights_description, entry.description + cut
+        return build_zoo_model(name, size, weights), weights_description, entry.description + cut
 
     return train_and_report(sub, config, prepared, build_model,
-                            lambda: TripletSemiHardLoss(margin=train.margin, distance_metric=train.distance_metric),
-                            loss_description=f"TripletSemiHardLoss(margin={train.margin}, {train.distance_metric})")
+                            lambda labels: TripletSemiHardLoss(margin=loss.margin, distance_metric=loss.distance),
+                            loss_description=f"TripletSemiHardLoss(margin={loss.margin}, {loss.distance})")
 
 
 def evaluate_pretrained_baseline(sub, config, prepared: Prepared) -> dict:
     """No training: the backbone's globally average-pooled features as embeddings, compared with cosine distance."""
-    name, size = config.model.zoo, config.image.image_size
-    with prepared.strategy.scope():
+    name = config.model.zoo
+    with prepared.engine.scope():
         weights, weights_description = model_weights(name, config.model.weights)
-        model = build_zoo_model(name, (size, size, 3), weights)
-    facts = {
-        "weights": weights_description,
-        "params": model.count_params(),
-        "model_description": f"{MODEL_ZOO[name].description} (whole backbone + global average pooling)",
-        "loss_description": "none (not trained)",
-        "train_seconds": 0.0,
-        "strategy": describe_placement(prepared.strategy),
-        "precision": prepared.precision,
-        "environment": environment(),
-    }
-    return evaluate_and_report(sub, config, model, prepared.data, facts, history={}, metric="cosine")
+        model = build_zoo_model(name, config.image.image_size, weights)
+    facts = training_facts(prepared.engine, model, weights_description,
+                           f"{MODEL_ZOO[name].description} (whole backbone + global average pooling)",
+                           "none (not trained)")
+    return write_run_files(sub, config, model, prepared.data, evaluate_model(model, prepared.data, "cosine"), facts,
+                           history={})
 
 
 def run_models(run, config, zoo: ZooPrepared) -> dict:
@@ -165,26 +139,44 @@ def run_models(run, config, zoo: ZooPrepared) -> dict:
         folders[name] = run_repeats(run, model_config(config, name, size), zoo.by_size[size], body, prefix=f"{name}-")
     summary, runs = summary_table(folders, "model")
     table = model_facts(folders, zoo.image_sizes).merge(summary, on="model")
-    table["post_max_accuracy"] = [MODEL_ZOO[name].reported_max_accuracy for name in table["model"]]
-    table["post_eer"] = [MODEL_ZOO[name].reported_eer for name in table["model"]]
-    write_text(run.file("table.csv"), table.to_csv(index=False, float_format="%.6g"))
-    write_text(run.file("runs.csv"), runs.to_csv(index=False, float_format="%.6g"))
-    markdown = table_markdown(table, config)
-    write_text(run.file("table.md"), markdown)
+    loss = config.loss
+    markdown = write_summary_tables(run.path, table, runs, "model", [
+        f"# Model zoo: profile `{config.profile}`",
+        "",
+        (f"Every model trained with TripletSemiHardLoss(margin={loss.margin}, {loss.distance}), "
+         f"{describe_training(config)}. The pretrained baselines are not trained (global average pooling of the whole "
+         "backbone, cosine distance). The post's figures used ImageNet weights on CEDAR: where the weights column says "
+         "otherwise they are not a like-for-like target."),
+    ], facts=FACT_CELLS)
     write_figures(run, config, table, folders)
     print(markdown)
     return {"models": table.to_dict(orient="records")}
 
 
+FACT_CELLS = {
+    "description": lambda row: row["description"],
+    "cut layer": lambda row: f"`{row['cut_layer']}`" if row["cut_layer"] else "—",
+    "image": lambda row: f"{row['image_size']}×{row['image_size']}",
+    "parameters": lambda row: f"{int(row['parameters']):,}",
+    "model.keras (MB)": lambda row: number_text(row["file_mb"], 1),
+    "weights": lambda row: row["weights"],
+    "post: max accuracy / EER": lambda row: (f"{number_text(row['post_max_accuracy'], 3)} / "
+                                             f"{number_text(row['post_eer'], 3)}"
+                                             if pd.notna(row["post_max_accuracy"]) else "—"),
+}
+
+
 def model_facts(folders: dict, image_sizes: dict[str, int]) -> pd.DataFrame:
-    """Per model what does not change between its runs, from its first run's folder."""
+    """Per model what does not change between its runs, from its first run's folder, and the post's figures."""
     rows = []
     for name, paths in folders.items():
         metrics = json.loads((paths[0] / "metrics.json").read_text())
-        rows.append({"model": name, "description": MODEL_ZOO[name].description,
-                     "cut_layer": MODEL_ZOO[name].cut_layer or "", "image_size": image_sizes[name],
-                     "parameters": metrics["params"], "file_mb": (paths[0] / "model.keras").stat().st_size / 1e6,
-                     "weights": short_weights(metrics["weights"])})
+        entry = MODEL_ZOO[name]
+        rows.append({"model": name, "description": entry.description, "cut_layer": entry.cut_layer or "",
+                     "image_size": image_sizes[name], "parameters": metrics["params"],
+                     "file_mb": (paths[0] / "model.keras").stat().st_size / 1e6,
+                     "weights": short_weights(metrics["weights"]), "post_max_accuracy": entry.reported_max_accuracy,
+                     "post_eer": entry.reported_eer})
     return pd.DataFrame(rows)
 
 
@@ -194,45 +186,6 @@ def short_weights(description: str) -> str:
     if "from scratch" in description:
         return "from scratch"
     return "random init" if description.startswith("random") else description
-
-
-def _number(value, digits: int) -> str:
-    return "—" if value is None or pd.isna(value) else f"{value:.{digits}f}"
-
-
-def table_markdown(table: pd.DataFrame, config) -> str:
-    """Title and settings, the models table (facts, metrics as `tables.summary_cell` writes them, the post's figures),
-    the deployment table, and the note on what the cells are."""
-    headers = [*FACT_HEADERS.values(), *(HEADERS[c] for c in METRIC_COLUMNS), "post: max accuracy / EER"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for _, row in table.iterrows():
-        post = (f"{_number(row['post_max_accuracy'], 3)} / {_number(row['post_eer'], 3)}"
-                if pd.notna(row["post_max_accuracy"]) else "—")
-        cells = [f"`{row['model']}`", row["description"], f"`{row['cut_layer']}`" if row["cut_layer"] else "—",
-                 f"{row['image_size']}×{row['image_size']}", f"{int(row['parameters']):,}", _number(row["file_mb"], 1),
-                 row["weights"], str(int(row["runs"])), *[summary_cell(row, column) for column in METRIC_COLUMNS], post]
-        lines.append("| " + " | ".join(cells) + " |")
-    train = config.train
-    seeds = f"seed {train.seed}" if train.seeds == 1 else f"seeds {train.seed}…{train.seed + train.seeds - 1}"
-    folds = f" on each of {config.data.folds} writer-disjoint folds" if config.data.folds > 1 else ""
-    return "\n".join([
-        f"# Model zoo: profile `{config.profile}`",
-        "",
-        (f"Every model trained with TripletSemiHardLoss(margin={train.margin}, {train.distance_metric}), {train.epochs} "
-         f"epochs, batch {train.batch_size} ({train.sampler} sampler), Adam {train.learning_rate:g} with the "
-         f"{train.schedule} schedule, {seeds}{folds}. The pretrained baselines are "
-         "not trained (global average pooling of the whole backbone, cosine distance). The post's figures used ImageNet "
-         "weights on CEDAR: where the weights column says otherwise they are not a like-for-like target."),
-        "",
-        *lines,
-        "",
-        "Verification against enrolled references and writer identification:",
-        "",
-        summary_markdown(table, "model", DEPLOYMENT_COLUMNS),
-        "",
-        PROTOCOL_NOTE.format(resamples=BOOTSTRAP_RESAMPLES),
-        "",
-    ])
 
 
 def write_figures(run, config, table: pd.DataFrame, folders: dict) -> None:
@@ -261,4 +214,4 @@ def write_figures(run, config, table: pd.DataFrame, folders: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_experiment("models", MODELS_PROFILES, prepare, run_models, description=__doc__))
+    sys.exit(run_experiment("models", PROFILES, prepare, run_models, description=__doc__))

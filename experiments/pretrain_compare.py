@@ -15,24 +15,20 @@ import copy
 import sys
 from dataclasses import dataclass
 
-from sigverify.config import PRETRAIN_COMPARE_PROFILES
+from pretrain import PRETRAINING  # each method pretrains as exp-pretrain's profile does
+
 from sigverify.errors import ConfigError
 from sigverify.experiment import run_experiment, seed_everything
-from sigverify.models import resolve_weights
-from sigverify.pipeline import (
-    Prepared,
-    check_embedding_model_settings,
-    check_loss_settings,
-    configured_embedding_model,
-    prepare_experiment,
-    train_and_report,
-)
+from sigverify.losses import loss_from_settings
+from sigverify.models.backbones import validate_model_settings
+from sigverify.models.weights import resolve_weights
+from sigverify.models.zoo import embedding_model_from_settings
 from sigverify.pretrain.compare import (
+    POST_BEST_MAX_ACCURACY,
     START_NAMES,
     check_no_test_writer_is_pretrained_on,
     frozen_feature_accuracies,
     gap_lines,
-    plot_accuracy_by_start,
     pretraining_methods,
     selected_starts,
 )
@@ -45,8 +41,25 @@ from sigverify.pretrain.run import (
     with_method,
 )
 from sigverify.protocol import run_repeats
+from sigverify.reporting.plots import plot_accuracy_by_start
+from sigverify.reporting.tables import describe_training, summary_table, write_summary_tables
 from sigverify.runs import CONFIG_FILE, write_yaml, writing
-from sigverify.tables import summary_table, write_summary_tables
+from sigverify.settings import with_base
+from sigverify.steps import Prepared, prepare_experiment, train_and_report
+
+# Each method pretrained as exp-pretrain's profile does, then the same triplet fine-tuning (the train, batches and
+# optimizer sections) from each start.
+PK_BATCHES = {"batch_size": 64, "sampler": "pk", "classes_per_batch": 16, "images_per_class": 4}
+PROFILES = with_base(
+    {"model": {"cut_layer": "conv3_block4_add"}, "report": {"umap": False, "gradcam_images": 0}},
+    {
+        "smoke": {**PRETRAINING["smoke"], "train": {"epochs": 2}, "optimizer": {"schedule": "constant"},
+                  "batches": {"batch_size": 16, "sampler": "pk", "classes_per_batch": 4, "images_per_class": 4}},
+        "quick": {**PRETRAINING["quick"], "train": {"epochs": 4}, "batches": PK_BATCHES,
+                  "optimizer": {"schedule": "cosine", "learning_rate": 1e-3}},
+        "blog": {**PRETRAINING["blog"], "batches": PK_BATCHES},
+    },
+)
 
 
 @dataclass
@@ -56,14 +69,18 @@ class ComparePrepared:
     pretraining: dict[str, PretrainPrepared]  # method -> its images
     skipped: dict[str, str]  # start -> why it is not in the comparison
 
+    @property
+    def engine(self):
+        return self.base.engine
+
 
 def prepare(config) -> ComparePrepared:
     starts = selected_starts(config.pretrain.starts)
     methods = pretraining_methods(starts)
 
     def check_settings():
-        check_embedding_model_settings(config)
-        check_loss_settings(config)
+        validate_model_settings(config.model.backbone, config.model.cut_layer, config.image.image_size)
+        loss_from_settings(config.loss)
         for method in methods:
             check_pretrain_settings(with_method(config, method))
 
@@ -88,7 +105,7 @@ def pretrain_once(run, config, method: str, prepared: PretrainPrepared):
     print(f"pretrain-{method} → {sub.path}", file=sys.stderr)
     method_config = with_method(config, method)
     method_config.model.weights = "none"  # pretraining is the alternative to ImageNet: it starts from random weights
-    seed_everything(config.train.seed, config.train.deterministic)
+    seed_everything(config.train.seed, config.devices.deterministic)
     with sub.running():
         write_yaml(sub.file(CONFIG_FILE), as_pretraining_config(method_config).to_dict())
         pretrain_and_report(sub, method_config, prepared)
@@ -97,7 +114,10 @@ def pretrain_once(run, config, method: str, prepared: PretrainPrepared):
 
 def fine_tune(run, config, prepared):
     """The triplet experiment, from the start `--weights` names."""
-    return train_and_report(run, config, prepared, lambda: configured_embedding_model(config))
+    return train_and_report(
+        run, config, prepared,
+        build_model=lambda: embedding_model_from_settings(config.model, config.image.image_size),
+        build_loss=lambda labels: loss_from_settings(config.loss, labels, config.model.embedding_dim))
 
 
 def compare(run, config, prepared: ComparePrepared) -> dict:
@@ -110,16 +130,15 @@ def compare(run, config, prepared: ComparePrepared) -> dict:
         start_config.model.weights = weights[start]
         folders[start] = run_repeats(run, start_config, prepared.base, fine_tune, prefix=f"{start}-")
     summary, runs = summary_table(folders, "start")
-    train, pretrain = config.train, config.pretrain
+    pretrain = config.pretrain
     skipped = [f"- {START_NAMES[start]}: not compared ({why})" for start, why in prepared.skipped.items()]
     markdown = write_summary_tables(run.path, summary, runs, "start", [
         f"# Pretraining starts: profile `{config.profile}`",
         "",
         (f"Fine-tuning from every start: {config.model.backbone} cut at {config.model.cut_layer} + conv head, "
-         f"{config.image.image_size}×{config.image.image_size} images, {train.loss} loss, {train.epochs} epochs, batch "
-         f"{train.batch_size} ({train.sampler} sampler), Adam {train.learning_rate:g} with the {train.schedule} "
-         f"schedule, seed(s) {train.seed}…{train.seed + train.seeds - 1}. Pretraining (once per method, seed "
-         f"{train.seed}): {pretrain.pretrain_epochs} epochs, batch {pretrain.pretrain_batch_size}; SimCLR and MoCo on "
+         f"{config.image.image_size}×{config.image.image_size} images, {config.loss.loss} loss, "
+         f"{describe_training(config)}. Pretraining (once per method, seed "
+         f"{config.train.seed}): {pretrain.pretrain_epochs} epochs, batch {pretrain.pretrain_batch_size}; SimCLR and MoCo on "
          f"`--unlabelled {pretrain.unlabelled}`, synthetic on {pretrain.synthetic_writers} writers × "
          f"{pretrain.synthetic_samples} genuine + forgeries."),
         "",
@@ -131,10 +150,11 @@ def compare(run, config, prepared: ComparePrepared) -> dict:
     ])
     title = f"Fine-tuned from each start ({config.profile} profile)"
     with writing(run.file("accuracy_by_start.png")) as temporary:
-        plot_accuracy_by_start(summary, frozen_feature_accuracies(pretraining_runs), temporary, title)
+        plot_accuracy_by_start(summary, frozen_feature_accuracies(pretraining_runs), START_NAMES, POST_BEST_MAX_ACCURACY,
+                               temporary, title)
     print(markdown)
     return {"starts": summary.to_dict(orient="records")}
 
 
 if __name__ == "__main__":
-    sys.exit(run_experiment("pretrain-compare", PRETRAIN_COMPARE_PROFILES, prepare, compare, description=__doc__))
+    sys.exit(run_experiment("pretrain-compare", PROFILES, prepare, compare, description=__doc__))

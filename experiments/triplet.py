@@ -1,6 +1,7 @@
 """Triplet experiment (the post's main model): a ResNet50 cut at an intermediate layer plus a small conv head with L2
-normalization, trained with the semi-hard triplet loss (or the loss `--loss` names) on online-mined batches, evaluated
-on held-out writers; `--folds k` / `--seeds n` repeat it over writer-disjoint folds and seeds.
+normalization, trained with the semi-hard triplet loss (or the loss `--loss` names) on online-mined batches of the
+training writers, evaluated on held-out writers (the post's pairs, metrics and figures); `--folds k` / `--seeds n`
+repeat it over writer-disjoint folds and seeds.
 
     python experiments/triplet.py --profile quick [--data DIR] [--epochs 3] [--loss arcface] ...
     (or: make exp-triplet LOSS=arcface FOLDS=5)
@@ -8,29 +9,52 @@ on held-out writers; `--folds k` / `--seeds n` repeat it over writer-disjoint fo
 
 import sys
 
-from sigverify.config import TRIPLET_PROFILES
 from sigverify.experiment import run_experiment
-from sigverify.pipeline import (
-    check_embedding_model_settings,
-    check_loss_settings,
-    configured_embedding_model,
-    prepare_experiment,
-    train_and_report,
-)
+from sigverify.losses import loss_from_settings
+from sigverify.models.backbones import validate_model_settings
+from sigverify.models.zoo import embedding_model_from_settings
 from sigverify.protocol import repeated
+from sigverify.steps import prepare_experiment, train_and_report
+
+# smoke: seconds, for tests. quick: the default, minutes on a 2-core CPU, with a schedule that keeps learning.
+# blog: the post's protocol (224×224, batch 64, 25 epochs, ExponentialDecay(10, 0.7)): the settings' defaults.
+PROFILES = {
+    "smoke": {
+        "data": {"max_writers": 4, "max_samples": 6},
+        "image": {"image_size": 32},
+        "model": {"cut_layer": "conv3_block4_add"},
+        "train": {"epochs": 2},
+        "batches": {"batch_size": 16, "sampler": "pk", "classes_per_batch": 4, "images_per_class": 4},
+        "optimizer": {"schedule": "constant"},
+        "report": {"umap": False, "gradcam_images": 2},
+    },
+    "quick": {
+        "image": {"image_size": 96},
+        "model": {"cut_layer": "conv3_block4_add"},
+        "train": {"epochs": 6},
+        "batches": {"batch_size": 64, "sampler": "pk", "classes_per_batch": 16, "images_per_class": 4},
+        "optimizer": {"schedule": "cosine", "learning_rate": 1e-3},
+    },
+    "blog": {},
+}
 
 
 def prepare(config):
+    """Data: the training and test writers of `--data`, preprocessed; every setting checked before any work."""
     def check_settings():
-        check_embedding_model_settings(config)
-        check_loss_settings(config)
+        validate_model_settings(config.model.backbone, config.model.cut_layer, config.image.image_size)
+        loss_from_settings(config.loss)
 
     return prepare_experiment(config, check_settings)
 
 
 def train_and_evaluate(run, config, prepared):
-    return train_and_report(run, config, prepared, lambda: configured_embedding_model(config))
+    """Model and loss of the settings, online-mining training, evaluation on the test writers, run files."""
+    return train_and_report(
+        run, config, prepared,
+        build_model=lambda: embedding_model_from_settings(config.model, config.image.image_size),
+        build_loss=lambda labels: loss_from_settings(config.loss, labels, config.model.embedding_dim))
 
 
 if __name__ == "__main__":
-    sys.exit(run_experiment("triplet", TRIPLET_PROFILES, prepare, repeated(train_and_evaluate), description=__doc__))
+    sys.exit(run_experiment("triplet", PROFILES, prepare, repeated(train_and_evaluate), description=__doc__))

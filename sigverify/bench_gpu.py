@@ -93,12 +93,12 @@ def device_description() -> str:
 
 
 def _synthetic_batches(batch_size: int, image_size: int, n_steps: int, seed: int = 0):
-    """A PyDataset of `n_steps` batches from two pre-made float32 batches (backbone-input range) with labels of the
-    blog's 88 training classes: every step copies a fresh batch to the device, as training does."""
+    """A PyDataset of `n_steps` batches from two pre-made uint8 batches of signatures (the models scale them) with labels
+    of the blog's 88 training classes: every step copies a fresh batch to the device, as training does."""
     import keras
 
     rng = np.random.default_rng(seed)
-    images = [rng.uniform(-124.0, 152.0, (batch_size, image_size, image_size, 3)).astype(np.float32) for _ in range(2)]
+    images = [rng.integers(0, 256, (batch_size, image_size, image_size), dtype=np.uint8) for _ in range(2)]
     labels = [rng.integers(0, N_CLASSES, batch_size).astype(np.int32) for _ in range(2)]
 
     class Batches(keras.utils.PyDataset):
@@ -136,10 +136,10 @@ def benchmark_training(args: argparse.Namespace, precision: str) -> dict:
     import keras
 
     from sigverify.losses import TripletSemiHardLoss
-    from sigverify.models import build_embedding_model
+    from sigverify.models.embedding import build_embedding_model
 
     keras.mixed_precision.set_dtype_policy(precision)
-    model = build_embedding_model("resnet50", args.cut_layer, (args.image_size, args.image_size, 3), weights=None,
+    model = build_embedding_model("resnet50", args.cut_layer, args.image_size, weights=None,
                                   embedding_dim=args.embedding_dim)
     optimizer = keras.optimizers.Adam(1e-3)
     if precision == "mixed_float16":
@@ -166,10 +166,10 @@ def benchmark_training(args: argparse.Namespace, precision: str) -> dict:
 
 
 def _input_copy_ms(args: argparse.Namespace) -> float:
-    """Host-to-device copy of one float32 input batch."""
+    """Host-to-device copy of one uint8 input batch."""
     import jax
 
-    batch = np.zeros((args.batch_size, args.image_size, args.image_size, 3), np.float32)
+    batch = np.zeros((args.batch_size, args.image_size, args.image_size), np.uint8)
     jax.device_put(batch).block_until_ready()
     started = time.perf_counter()
     for _ in range(args.steps):

@@ -32,7 +32,7 @@ def _synthetic(args) -> int:
 
 
 def _baseline(args) -> int:
-    from sigverify.data.hardness import raw_pixel_baseline
+    from sigverify.evaluation.baselines import raw_pixel_baseline
 
     result = raw_pixel_baseline(args.data, args.image_size, args.binarize, test_writers_only=not args.all_writers,
                                 cache_dir=args.cache_dir)

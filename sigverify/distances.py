@@ -1,8 +1,9 @@
-"""Distances between embeddings, the one place that losses, evaluation and plots take them from.
+"""Distances between embeddings, the one place that losses, evaluation and plots take them from, with one vocabulary:
+"euclidean", "squared-euclidean" and "cosine" (1 − cosine similarity).
 
-Training losses use `pairwise_distances` (every row against every row, TensorFlow Addons semantics);
-evaluation uses `paired_distances` (row i of one array against row i of another), and
-`evaluation_metric_for` maps a loss metric to the evaluation metric that ranks pairs the same way.
+Training losses use `pairwise_distances` (every row against every row, TensorFlow Addons semantics: its "L2",
+"squared-L2" and "angular" are our three names); evaluation uses `paired_distances` (row i of one array against row i
+of another); `scoring_distance` says which of them scores a run's verification pairs.
 """
 
 from collections.abc import Callable
@@ -13,8 +14,7 @@ from keras import ops
 
 from sigverify.errors import ConfigError
 
-PAIRWISE_METRICS = ("L2", "squared-L2", "angular")
-PAIRED_METRICS = ("cosine", "euclidean", "squared-euclidean")
+METRICS = ("euclidean", "squared-euclidean", "cosine")
 
 # tfa.losses.metric_learning.pairwise_distance adds this to exact zeros before the square root.
 _SQRT_GUARD = 1e-16
@@ -68,9 +68,9 @@ def _angular_matrix(embeddings):
 
 
 _PAIRWISE_FUNCTIONS = {
-    "L2": _euclidean_matrix,
-    "squared-L2": _squared_euclidean_matrix_zero_diagonal,
-    "angular": _angular_matrix,
+    "euclidean": _euclidean_matrix,
+    "squared-euclidean": _squared_euclidean_matrix_zero_diagonal,
+    "cosine": _angular_matrix,
 }
 
 
@@ -80,18 +80,18 @@ def resolve_pairwise_metric(metric) -> Callable:
         return metric
     if metric not in _PAIRWISE_FUNCTIONS:
         raise ConfigError(
-            f"distance_metric {metric!r} is not known; expected one of {', '.join(PAIRWISE_METRICS)} "
+            f"distance {metric!r} is not known; expected one of {', '.join(METRICS)} "
             "or a callable that returns the B×B distance matrix"
         )
     return _PAIRWISE_FUNCTIONS[metric]
 
 
-def pairwise_distances(embeddings, metric="L2"):
+def pairwise_distances(embeddings, metric="euclidean"):
     """B×B distances between all rows of `embeddings` (B×D), with an exact 0 diagonal.
 
-    "L2" is the Euclidean distance (not squared) with the square root guarded at 0 so that
-    coinciding embeddings have a finite gradient; "squared-L2" the same without the root;
-    "angular" is 1 − cosine similarity, clipped at 0. A callable gets the embeddings and returns
+    "euclidean" (tfa's "L2") is the Euclidean distance (not squared) with the square root guarded at 0 so that
+    coinciding embeddings have a finite gradient; "squared-euclidean" the same without the root;
+    "cosine" (tfa's "angular") is 1 − cosine similarity, clipped at 0. A callable gets the embeddings and returns
     the matrix itself. Computed from the Gram matrix, as TensorFlow Addons does.
     """
     return resolve_pairwise_metric(metric)(embeddings)
@@ -103,10 +103,8 @@ def paired_distances(a, b, metric="cosine"):
     "cosine" is 1 − cosine similarity (a zero row counts as similarity 0), "euclidean" has the same
     guarded square root as `pairwise_distances`, so it can also sit inside a Siamese model.
     """
-    if metric not in PAIRED_METRICS:
-        raise ConfigError(
-            f"evaluation metric {metric!r} is not known; expected one of {', '.join(PAIRED_METRICS)}"
-        )
+    if metric not in METRICS:
+        raise ConfigError(f"distance {metric!r} is not known; expected one of {', '.join(METRICS)}")
     a = ops.convert_to_tensor(a)
     b = ops.convert_to_tensor(b)
     if metric == "cosine":
@@ -123,21 +121,10 @@ def paired_distances_numpy(a, b, metric="cosine") -> np.ndarray:
     return keras.ops.convert_to_numpy(distances).astype(np.float64)
 
 
-def evaluation_metric_for(loss_metric, l2_normalized=True) -> str:
-    """The paired metric that scores verification pairs the way a loss metric trained them.
-
-    On L2-normalized embeddings, squared Euclidean distance is 2 × cosine distance, so "L2",
-    "squared-L2" and "angular" all rank pairs exactly as cosine distance does: we return "cosine",
-    the score the blog post reports (thresholds then read on its scale). Without normalization
-    (the NONORM models) "L2" and "squared-L2" map to "euclidean" and "squared-euclidean".
-    """
-    if loss_metric == "angular":
-        return "cosine"
-    if loss_metric in ("L2", "squared-L2"):
-        if l2_normalized:
-            return "cosine"
-        return "euclidean" if loss_metric == "L2" else "squared-euclidean"
-    raise ConfigError(
-        f"no evaluation metric is known for distance_metric {loss_metric!r}; expected one of "
-        f"{', '.join(PAIRWISE_METRICS)}, or choose the evaluation metric ({', '.join(PAIRED_METRICS)}) explicitly"
-    )
+def scoring_distance(training_distance: str, l2_normalized: bool = True) -> str:
+    """The distance that scores a run's verification pairs: the one it trained with, except that on L2-normalized
+    embeddings every distance ranks pairs as cosine distance does (squared Euclidean = 2 × cosine there), and cosine
+    is the score the post reports, so thresholds read on its scale."""
+    if training_distance not in METRICS:
+        raise ConfigError(f"--distance {training_distance}: not known; expected one of {', '.join(METRICS)}")
+    return "cosine" if l2_normalized else training_distance

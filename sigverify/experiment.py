@@ -15,10 +15,10 @@ from pathlib import Path
 
 import keras
 
-from sigverify.config import ExperimentConfig, add_config_flags, config_from_args, config_from_dict
+from sigverify.settings import ExperimentConfig, add_config_flags, config_from_args, config_from_dict
 from sigverify.errors import ConfigError, SigverifyError
 from sigverify.runs import CONFIG_FILE, RunFolder, check_resumable, write_yaml
-from sigverify.train_common import CHECKPOINT_DIR
+from sigverify.training.engine import CHECKPOINT_DIR
 
 log = logging.getLogger("sigverify")
 
@@ -86,7 +86,7 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
     stack = contextlib.ExitStack()
     try:
         config = parse_config(experiment, profiles, argv, description)
-        seed_everything(config.train.seed, config.train.deterministic)
+        seed_everything(config.train.seed, config.devices.deterministic)
         prepared = prepare(config)
         chief = _writes_run_folder(config, prepared)
         if not chief:
@@ -106,7 +106,7 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
     except Interrupted as why:
         if run is not None:
             run.set_status("interrupted", f"stopped by {why}")
-            target = f"exp-{experiment}" + ("-multiworker" if config.train.strategy == "multiworker" else "")
+            target = f"exp-{experiment}" + ("-multiworker" if config.devices.strategy == "multiworker" else "")
             if chief:
                 print(f"\ninterrupted ({why}). The last completed epoch is checkpointed; continue with:\n"
                       f"  make {target} RESUME={run.path}   (or: --resume {run.path})", file=sys.stderr)
@@ -133,11 +133,7 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
 
 def _writes_run_folder(config: ExperimentConfig, prepared) -> bool:
     """Under multi-worker training only the chief writes the run folder."""
-    if config.train.strategy != "multiworker":
-        return True
-    from sigverify.distribute import is_chief
-
-    return is_chief(prepared.strategy)
+    return config.devices.strategy != "multiworker" or prepared.engine.is_chief
 
 
 def _worker_scratch_run(scratch: str, experiment: str, config: ExperimentConfig) -> RunFolder:

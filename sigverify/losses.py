@@ -122,7 +122,7 @@ def _metric_from_config(distance_metric):
 
 
 class _TripletLoss(keras.losses.Loss):
-    def __init__(self, margin=1.0, distance_metric="L2", name=None, **kwargs):
+    def __init__(self, margin=1.0, distance_metric="euclidean", name=None, **kwargs):
         super().__init__(name=name, **kwargs)
         self.margin = float(margin)
         self.distance_metric = _metric_from_config(distance_metric)
@@ -144,7 +144,7 @@ class TripletSemiHardLoss(_TripletLoss):
     batches with `count_positive_pairs`.
     """
 
-    def __init__(self, margin=1.0, distance_metric="L2", name="triplet_semihard_loss", **kwargs):
+    def __init__(self, margin=1.0, distance_metric="euclidean", name="triplet_semihard_loss", **kwargs):
         super().__init__(margin=margin, distance_metric=distance_metric, name=name, **kwargs)
 
     def call(self, y_true, y_pred):
@@ -170,7 +170,7 @@ class TripletHardLoss(_TripletLoss):
     without a negative takes its row's largest distance as hardest negative.
     """
 
-    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name="triplet_hard_loss", **kwargs):
+    def __init__(self, margin=1.0, soft=False, distance_metric="euclidean", name="triplet_hard_loss", **kwargs):
         super().__init__(margin=margin, distance_metric=distance_metric, name=name, **kwargs)
         self.soft = bool(soft)
 
@@ -202,10 +202,12 @@ class ContrastiveLoss(keras.losses.Loss):
         self.margin = float(margin)
 
     def call(self, y_true, y_pred):
-        distances = ops.reshape(y_pred, (-1,))
-        similar = ops.cast(ops.reshape(y_true, (-1,)), distances.dtype)
+        distances = ops.cast(ops.reshape(y_pred, (-1,)), "float32")  # half-precision inputs: computed in float32
+        similar = ops.cast(ops.reshape(y_true, (-1,)), "float32")
         shortfall = ops.maximum(self.margin - distances, 0.0)
-        return similar * ops.square(distances) + (1.0 - similar) * ops.square(shortfall)
+        # The mean here, not in Keras's reduction: Keras divides a per-pair loss by the replicas under tf.distribute,
+        # and the training loop, whose loss sees the global batch, already does (scalars pass through unscaled).
+        return ops.mean(similar * ops.square(distances) + (1.0 - similar) * ops.square(shortfall))
 
     def get_config(self):
         config = super().get_config()
@@ -229,7 +231,7 @@ class QuadrupletLoss(_TripletLoss):
     a second search.
     """
 
-    def __init__(self, margin=1.0, margin2=0.5, distance_metric="L2", name="quadruplet_loss", **kwargs):
+    def __init__(self, margin=1.0, margin2=0.5, distance_metric="euclidean", name="quadruplet_loss", **kwargs):
         super().__init__(margin=margin, distance_metric=distance_metric, name=name, **kwargs)
         self.margin2 = float(margin2)
 
@@ -535,6 +537,34 @@ def get_loss(name, **params) -> keras.losses.Loss:
     if unknown:
         raise ConfigError(f"loss {name!r} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}")
     return loss_class(**params)
+
+
+def labelled_losses() -> list[str]:
+    """The losses that train on labelled batches (triplet-style and margin-softmax), what `--loss` may name."""
+    return [name for name in LOSSES if name != "contrastive" and name not in SELF_SUPERVISED_LOSSES]
+
+
+def loss_from_settings(settings, class_labels=(0, 1), embedding_dim: int = 256) -> keras.losses.Loss:
+    """The loss `settings.loss` names (a `sigverify.settings.LossSettings`), with its settings: margin and distance
+    (triplet and quadruplet losses), margin2 (quadruplet), margin (contrastive), scale and softmax margin (margin-softmax
+    losses, whose classes are `class_labels`, the training labels, and whose weights have `embedding_dim` rows). Called
+    with the default placeholder classes it checks the settings before any work."""
+    name = settings.loss
+    if name not in LOSSES:
+        raise ConfigError(f"--loss {name}: not known; expected one of {', '.join(labelled_losses())}")
+    if name in SELF_SUPERVISED_LOSSES:
+        raise ConfigError(f"--loss {name}: a self-supervised pretraining loss on two views of unlabelled images "
+                          f"(make exp-pretrain); expected a loss on labelled batches: {', '.join(labelled_losses())}")
+    if name == "contrastive":
+        return ContrastiveLoss(margin=settings.margin)
+    if issubclass(LOSSES[name], MarginSoftmaxLoss):
+        params = {"embedding_dim": embedding_dim, "class_labels": sorted({int(c) for c in class_labels}),
+                  "scale": settings.scale, "margin": settings.softmax_margin}
+        return get_loss(name, **{key: value for key, value in params.items() if value is not None})
+    params = {"margin": settings.margin, "distance_metric": settings.distance}
+    if name == "quadruplet":
+        params["margin2"] = settings.margin2
+    return get_loss(name, **params)
 
 
 def describe_loss(loss: keras.losses.Loss) -> str:

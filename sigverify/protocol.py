@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sigverify.config import ExperimentConfig
+from sigverify.data.prepare import prepare_data
 from sigverify.experiment import seed_everything
-from sigverify.pipeline import Prepared, prepare_data
-from sigverify.preprocess import PreprocessConfig
+from sigverify.reporting.tables import summary_table, write_summary_tables
 from sigverify.runs import CONFIG_FILE, RunFolder, write_yaml
-from sigverify.tables import summary_table, write_summary_tables
+from sigverify.settings import ExperimentConfig
+from sigverify.steps import Prepared
 
 
 def repeat_configs(config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
@@ -64,10 +64,8 @@ def run_repeats(run: RunFolder, config: ExperimentConfig, prepared: Prepared,
         print(f"{prefix}{name} → {sub.path}", file=sys.stderr)
         sub_prepared = prepared
         if not _same_split(sub_config, config):
-            image = sub_config.image
-            preprocess = PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect)
-            sub_prepared = Prepared(prepared.strategy, prepared.precision, prepare_data(sub_config, preprocess))
-        seed_everything(sub_config.train.seed, sub_config.train.deterministic)
+            sub_prepared = Prepared(prepared.engine, prepare_data(sub_config))
+        seed_everything(sub_config.train.seed, sub_config.devices.deterministic)
         with sub.running():
             write_yaml(sub.file(CONFIG_FILE), sub_config.to_dict())
             body(sub, sub_config, sub_prepared)

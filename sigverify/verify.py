@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sigverify.config import config_from_dict
+from sigverify.data.prepare import preprocessing_of
+from sigverify.data.preprocess import preprocess_file
 from sigverify.distances import paired_distances_numpy
 from sigverify.errors import ConfigError
-from sigverify.preprocess import PreprocessConfig, preprocess_file, to_backbone_input
+from sigverify.models.backbones import BACKBONES, to_backbone_input
 from sigverify.runs import CONFIG_FILE, read_status
+from sigverify.settings import config_from_dict
 
 
 def load_run_model(run_dir: Path):
@@ -20,6 +22,7 @@ def load_run_model(run_dir: Path):
     import keras
 
     import sigverify.losses  # noqa: F401  (registers our serializable classes)
+    import sigverify.models.backbones  # noqa: F401
 
     model_file = run_dir / "model.keras"
     if not model_file.exists():
@@ -39,11 +42,13 @@ def verify_pair(run_dir: str | Path, first: str | Path, second: str | Path) -> d
         raise ConfigError(f"--run {run_dir}: not a finished run (no complete status and metrics.json)")
     config = config_from_dict(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    preprocess = PreprocessConfig((config.image.image_size, config.image.image_size), config.image.binarize,
-                                  config.image.keep_aspect)
+    preprocess = preprocessing_of(config.image)
     images = np.stack([preprocess_file(first, preprocess), preprocess_file(second, preprocess)])
     model = load_run_model(run_dir)
-    embeddings = np.asarray(model.predict_on_batch(to_backbone_input(images, config.model.backbone)))
+    if len(model.input.shape) == 4:  # a model saved before the input scaling moved into the models
+        backbone = BACKBONES.get(config.model.backbone)
+        images = to_backbone_input(images, backbone.input_scaling if backbone else "unit")
+    embeddings = np.asarray(model.predict_on_batch(images))
     metric = metrics.get("distance", "cosine")
     distance = float(paired_distances_numpy(embeddings[:1], embeddings[1:], metric=metric)[0])
     hard = metrics["hard"]

@@ -1,10 +1,17 @@
-"""Shared test fixtures: the development copy of CEDAR, beside the repository in ../shared/data/cedar."""
+"""Shared test fixtures: the development copy of CEDAR (beside the repository in ../shared/data/cedar), the tiny
+synthetic dataset the end-to-end tests train on, and a runner for the experiment scripts as a user starts them."""
 
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-CEDAR_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cedar"
+REPO = Path(__file__).resolve().parent.parent
+CEDAR_DIR = REPO.parent / "shared" / "data" / "cedar"
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +20,25 @@ def cedar_dir() -> Path:
     if not (CEDAR_DIR / "full_org").is_dir() or not (CEDAR_DIR / "full_forg").is_dir():
         pytest.skip(f"CEDAR not found at {CEDAR_DIR} (expected ../shared/data/cedar beside the repository)")
     return CEDAR_DIR
+
+
+def make_synthetic_dataset(folder: Path, n_writers: int = 10, n_samples: int = 6, seed: int = 1) -> Path:
+    """A small synthetic set in the CEDAR layout (10 writers × 6 genuine + 6 forged by default)."""
+    from sigverify.data.synthetic import generate_synthetic_dataset
+
+    return generate_synthetic_dataset(Path(folder) / "synthetic", n_writers=n_writers, n_samples=n_samples, seed=seed,
+                                      progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """10 synthetic writers × 6 genuine + 6 forged, made once per test session: the end-to-end tests' data."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data"))
+
+
+def run_experiment_script(script: str, *args, cwd: Path, env_extra: dict | None = None,
+                          timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python experiments/<script> args...` in `cwd`, with a preprocessing cache of its own under `cwd`."""
+    env = dict(os.environ, SIGVERIFY_CACHE=str(Path(cwd) / "cache"), TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
+    return subprocess.run([sys.executable, str(REPO / "experiments" / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env)

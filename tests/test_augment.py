@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sigverify.augment import (
+from sigverify.data.augment import (
     add_speckle_noise,
     affine,
     augment,
@@ -20,7 +20,7 @@ from sigverify.augment import (
     view_pair_augmenter,
 )
 from sigverify.errors import ConfigError
-from sigverify.preprocess import PreprocessConfig, preprocess_file
+from sigverify.data.preprocess import PreprocessConfig, preprocess_file
 
 SIGNATURE = Path(__file__).parent / "data" / "signature.png"
 

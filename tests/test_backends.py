@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A representative subset of tests/test_losses.py and tests/test_models.py (their full files take minutes under JAX):
 # the semi-hard loss against its loop oracle (every distance, with ties, half precision, no positive pair, value and
-# gradient against the tiled TFA formulation), the batch-hard and contrastive oracles, and the exact parameter counts.
+# gradient against the tiled TFA formulation), the batch-hard (also in half precision) and contrastive oracles, and the
+# exact parameter counts.
 BACKEND_SUBSET = [
     "test_golden_value",
     "(test_semihard_matches_loop_oracle and 8-3-2)",
@@ -26,6 +27,7 @@ BACKEND_SUBSET = [
     "test_batch_without_positive_pair_gives_finite_values",
     "(test_semihard_value_and_gradient_match_tiled_tfa_formulation and 4-2-2-0)",
     "(test_hard_matches_loop_oracle and 8-16-8)",
+    "(test_hard_computes_half_precision_inputs_in_float32 and 8-3-2)",
     "test_contrastive",
     "test_parameter_count_matches_the_post",
     "(test_base_model_parameter_count_within_five_percent and cnn)",
@@ -73,14 +75,6 @@ def test_loss_oracles_and_model_counts_pass_on_the_backend(backend):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     passed = int(done.stdout.rsplit(" passed", 1)[0].split()[-1])
     assert passed >= 30 and " skipped" not in done.stdout, done.stdout[-2000:]
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from sigverify.data.synthetic import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_writers=10, n_samples=6, seed=1,
-                                      progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 network on images (same loss, same gradients), and the experiment writes a complete run folder."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -14,6 +11,7 @@ import tensorflow as tf
 from sigverify.losses import ContrastiveLoss
 from sigverify.models import build_contrastive_embedding_model, build_siamese
 from sigverify.pipeline import cached_features
+from tests.conftest import make_synthetic_dataset, run_experiment_script
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,13 +55,9 @@ def test_features_are_cached_on_disk(tmp_path, monkeypatch):
 
 
 def test_smoke_run_writes_the_run_folder(tmp_path):
-    from sigverify.data.synthetic import generate_synthetic_dataset
-
-    data = generate_synthetic_dataset(tmp_path / "data", n_writers=10, n_samples=6, seed=2, progress=False)
-    env = dict(os.environ, SIGVERIFY_CACHE=str(tmp_path / "cache"))
-    out = subprocess.run([sys.executable, str(REPO / "experiments" / "contrastive.py"), "--profile", "smoke", "--data",
-                          str(data), "--runs", str(tmp_path / "runs")], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)
+    data = make_synthetic_dataset(tmp_path, n_writers=10, n_samples=6, seed=2)  # its own seed, not tiny_dataset's
+    out = run_experiment_script("contrastive.py", "--profile", "smoke", "--data", data, "--runs", tmp_path / "runs",
+                                cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
     run_dir = (tmp_path / "runs" / "contrastive" / "latest").resolve()
     for name in ("metrics.json", "report.md", "model.keras", "embedding_3d.png", "density_hard.png", "roc.png",

@@ -38,14 +38,6 @@ LOSS_ATOL = 0.05
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from sigverify.data.synthetic import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_writers=10, n_samples=6, seed=1,
-                                      progress=False)
-
-
-@pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("work")
 

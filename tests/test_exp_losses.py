@@ -2,10 +2,6 @@
 repeats: one sub-run per fold × seed, kept on resume, summarized as mean ± std with bootstrap intervals."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -20,30 +16,15 @@ from sigverify.pipeline import check_loss_settings, configured_loss, evaluate_an
 from sigverify.protocol import repeat_configs, run_repeats
 from sigverify.runs import RunFolder
 from sigverify.tables import summary_table, write_summary_tables
-
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "experiments" / "losses.py"
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from sigverify.data.synthetic import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_writers=10, n_samples=6, seed=1,
-                                      progress=False)
-
-
-def run_script(*args, cwd, timeout=600):
-    env = dict(os.environ, SIGVERIFY_CACHE=str(Path(cwd) / "cache"))
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+from tests.conftest import run_experiment_script
 
 
 @pytest.fixture(scope="module")
 def losses_run(tiny_dataset, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("work")
-    result = run_script("--profile", "smoke", "--data", tiny_dataset, "--runs", workdir / "runs", "--epochs", "1",
-                        "--losses", "contrastive,arcface", "--folds", "2", "--fold", "1", cwd=workdir)
+    result = run_experiment_script("losses.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
+                                   workdir / "runs", "--epochs", "1", "--losses", "contrastive,arcface", "--folds", "2",
+                                   "--fold", "1", cwd=workdir)
     assert result.returncode == 0, result.stderr[-4000:]
     return (workdir / "runs" / "losses" / "latest").resolve(), result
 
@@ -86,8 +67,8 @@ def test_losses_run_writes_table_figure_and_sub_runs(losses_run):
 
 
 def test_unknown_losses_are_refused_before_any_work(tiny_dataset, tmp_path):
-    result = run_script("--profile", "smoke", "--data", tiny_dataset, "--runs", tmp_path / "runs", "--losses",
-                        "arcface,nope", cwd=tmp_path, timeout=300)
+    result = run_experiment_script("losses.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
+                                   tmp_path / "runs", "--losses", "arcface,nope", cwd=tmp_path, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "sphereface" in result.stderr.splitlines()[-1] and not (tmp_path / "runs").exists()
 

@@ -7,8 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import pytest
 import yaml
 
 from sigverify.runs import RunFolder, read_status
+from tests.conftest import run_experiment_script
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "models.py"
@@ -37,25 +36,11 @@ def load_models_script():
     return module
 
 
-def run_script(*args, cwd):
-    env = dict(os.environ, SIGVERIFY_CACHE=str(Path(cwd) / "cache"), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from sigverify.data.synthetic import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_writers=10, n_samples=6, seed=1,
-                                      progress=False)
-
-
 @pytest.fixture(scope="module")
 def zoo_run(tiny_dataset, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("work")
-    result = run_script("--profile", "smoke", "--data", tiny_dataset, "--runs", workdir / "runs", "--zoo",
-                        ",".join(MODELS), "--seeds", len(SEEDS), cwd=workdir)
+    result = run_experiment_script("models.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
+                                   workdir / "runs", "--zoo", ",".join(MODELS), "--seeds", len(SEEDS), cwd=workdir)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir, (workdir / "runs" / "models" / "latest").resolve(), result
 
@@ -139,7 +124,7 @@ def test_resumed_run_keeps_finished_sub_runs_and_redoes_the_rest(zoo_run, tmp_pa
     kept = {sub.name: (sub / "model.keras").stat().st_ino for sub in resumed.iterdir()
             if sub.is_dir() and sub.name != "base_cnn-seed0"}
 
-    result = run_script("--resume", resumed, cwd=workdir)
+    result = run_experiment_script("models.py", "--resume", resumed, cwd=workdir)
     assert result.returncode == 0, result.stderr[-4000:]
     assert read_status(resumed)["status"] == "complete"
     assert {name: (resumed / name / "model.keras").stat().st_ino for name in kept} == kept, "finished sub-runs kept"

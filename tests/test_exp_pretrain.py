@@ -24,16 +24,9 @@ from sigverify.pipeline import held_out_writers
 from sigverify.pretrain.compare import check_no_test_writer_is_pretrained_on, selected_starts
 from sigverify.pretrain.models import MomentumContrast
 from sigverify.pretrain.run import check_pretrain_settings
+from tests.conftest import run_experiment_script
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from sigverify.data.synthetic import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_writers=10, n_samples=6, seed=1,
-                                      progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +34,19 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("work")
 
 
-def run_script(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SIGVERIFY_CACHE=str(cwd / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, str(REPO / "experiments" / name), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600, env=env)
-
-
 @pytest.fixture(scope="module")
 def moco_run(tiny_dataset, workdir) -> Path:
-    result = run_script("pretrain.py", "--profile", "smoke", "--data", tiny_dataset, "--runs", workdir / "runs",
-                        "--method", "moco", cwd=workdir)
+    result = run_experiment_script("pretrain.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
+                                   workdir / "runs", "--method", "moco", cwd=workdir)
     assert result.returncode == 0, result.stderr[-4000:]
     return (workdir / "runs" / "pretrain" / "latest").resolve()
 
 
 @pytest.fixture(scope="module")
 def compare_run(tiny_dataset, workdir):
-    result = run_script("pretrain_compare.py", "--profile", "smoke", "--data", tiny_dataset, "--runs", workdir / "runs",
-                        "--starts", "simclr,synthetic,imagenet", "--pretrain-epochs", "1", "--epochs", "1",
-                        "--augment", cwd=workdir)
+    result = run_experiment_script("pretrain_compare.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
+                                   workdir / "runs", "--starts", "simclr,synthetic,imagenet", "--pretrain-epochs", "1",
+                                   "--epochs", "1", "--augment", cwd=workdir)
     assert result.returncode == 0, result.stderr[-4000:]
     return (workdir / "runs" / "pretrain-compare" / "latest").resolve(), result
 

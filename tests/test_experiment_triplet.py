@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.conftest import run_experiment_script
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "triplet.py"
 METRIC_KEYS = ["max_accuracy", "eer", "eer_interpolated", "auc", "threshold", "accuracy_at_train_threshold"]
@@ -21,23 +23,10 @@ RUN_FILES = ["config.yaml", "metrics.json", "metrics.csv", "report.md", "model.k
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from sigverify.data.synthetic import generate_synthetic_dataset
-
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", n_writers=10, n_samples=6, seed=1,
-                                      progress=False)
-
-
-def run_script(*args, cwd, env_extra=None, timeout=600):
-    env = dict(os.environ, SIGVERIFY_CACHE=str(Path(cwd) / "cache"), **(env_extra or {}))
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-@pytest.fixture(scope="module")
 def smoke_run(tiny_dataset, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("work")
-    result = run_script("--profile", "smoke", "--data", tiny_dataset, "--runs", workdir / "runs", cwd=workdir)
+    result = run_experiment_script("triplet.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
+                                   workdir / "runs", cwd=workdir)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir, (workdir / "runs" / "triplet" / "latest").resolve(), result
 
@@ -87,8 +76,8 @@ def test_verify_uses_the_run(smoke_run, tiny_dataset):
     (["--backbone", "alexnet"], "backbone"),
 ])
 def test_bad_settings_are_refused_in_one_line_before_any_work(args, message, tiny_dataset, tmp_path):
-    result = run_script("--profile", "smoke", "--data", tiny_dataset, "--runs", tmp_path / "runs", *args, cwd=tmp_path,
-                        timeout=300)
+    result = run_experiment_script("triplet.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
+                                   tmp_path / "runs", *args, cwd=tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -97,7 +86,8 @@ def test_bad_settings_are_refused_in_one_line_before_any_work(args, message, tin
 
 
 def test_unknown_profile_and_too_few_writers_are_refused(tmp_path, tiny_dataset):
-    result = run_script("--profile", "huge", "--data", tiny_dataset, "--runs", tmp_path / "runs", cwd=tmp_path)
+    result = run_experiment_script("triplet.py", "--profile", "huge", "--data", tiny_dataset, "--runs",
+                                   tmp_path / "runs", cwd=tmp_path)
     assert result.returncode == 2 and "smoke, quick, blog" in result.stderr and "Traceback" not in result.stderr
     lonely = tmp_path / "lonely"
     for folder in ("full_org", "full_forg"):
@@ -105,7 +95,8 @@ def test_unknown_profile_and_too_few_writers_are_refused(tmp_path, tiny_dataset)
     for n in (1, 2):
         for folder, stem in (("full_org", "original"), ("full_forg", "forgeries")):
             (lonely / folder / f"{stem}_3_{n}.png").write_bytes((tiny_dataset / folder / f"{stem}_1_{n}.png").read_bytes())
-    result = run_script("--profile", "smoke", "--data", lonely, "--runs", tmp_path / "runs", cwd=tmp_path)
+    result = run_experiment_script("triplet.py", "--profile", "smoke", "--data", lonely, "--runs", tmp_path / "runs",
+                                   cwd=tmp_path)
     assert result.returncode == 2 and "at least two writers" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -147,5 +138,5 @@ def test_resume_refuses_another_experiments_folder(tmp_path, tiny_dataset):
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.yaml").write_text("experiment: contrastive\n")
-    result = run_script("--resume", other, cwd=tmp_path)
+    result = run_experiment_script("triplet.py", "--resume", other, cwd=tmp_path)
     assert result.returncode == 2 and "contrastive" in result.stderr and "Traceback" not in result.stderr

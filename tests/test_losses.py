@@ -43,6 +43,10 @@ BATCH_SHAPES = [
 ]
 
 
+HALF_DTYPES = ["float16", "bfloat16"]
+HALF_EPSILON = {"float16": 2.0**-10, "bfloat16": 2.0**-7}  # spacing of the half dtypes just above 1
+
+
 def random_batch(batch_size, dim, num_classes, seed, dtype="float32"):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, size=batch_size)
@@ -115,7 +119,7 @@ def test_semihard_on_collapsed_embeddings_is_the_margin():
     assert np.all(np.isfinite(gradient))
 
 
-@pytest.mark.parametrize("half_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("half_dtype", HALF_DTYPES)
 @pytest.mark.parametrize("batch_size,dim,num_classes", [(8, 3, 2), (24, 12, 5), (40, 16, 10)])
 def test_semihard_computes_half_precision_inputs_in_float32(batch_size, dim, num_classes, half_dtype):
     labels, embeddings = random_batch(batch_size, dim, num_classes, seed=batch_size)
@@ -203,6 +207,45 @@ def test_hard_gradient_is_finite_when_embeddings_coincide():
     assert np.isfinite(value) and np.all(np.isfinite(gradient))
 
 
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("half_dtype", HALF_DTYPES)
+@pytest.mark.parametrize("batch_size,dim,num_classes", [(2, 2, 1), (5, 2, 3), (8, 3, 2), (24, 12, 5), (40, 16, 10)])
+def test_hard_computes_half_precision_inputs_in_float32(batch_size, dim, num_classes, half_dtype, soft):
+    labels, embeddings = random_batch(batch_size, dim, num_classes, seed=batch_size * 7 + dim)
+    half_embeddings = ops.cast(embeddings, half_dtype)
+    rounded = ops.convert_to_numpy(ops.cast(half_embeddings, "float32"))
+    loss = TripletHardLoss(margin=0.7, soft=soft)
+    value = loss(labels_in_shape(labels, batch_size % 2), half_embeddings)
+    assert keras.backend.standardize_dtype(value.dtype) == "float32"  # the loss's dtype (floatx), not the input's
+    # Distances and mining are done in float32 on the half-rounded inputs, so the oracle on those inputs agrees to
+    # float32 accuracy (as in test_hard_matches_loop_oracle); a half-precision computation would be off by ~1e-3.
+    expected = hard_loss_oracle(pairwise_distances_oracle(rounded, "L2"), labels, 0.7, soft)
+    assert to_float(value) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    reference = to_float(loss(labels, rounded))
+    assert to_float(value) == reference
+    # A loss whose dtype is half precision still computes in float32 and only rounds the result.
+    half_loss = TripletHardLoss(margin=0.7, soft=soft, dtype=half_dtype)(labels, half_embeddings)
+    assert keras.backend.standardize_dtype(half_loss.dtype) == half_dtype
+    assert to_float(half_loss) == to_float(ops.cast(reference, half_dtype))
+    _, gradient = value_and_gradient(lambda x: loss(labels, x), half_embeddings)
+    gradient = np.asarray(gradient, dtype=np.float32)
+    assert gradient.shape == (batch_size, dim) and np.all(np.isfinite(gradient))
+    if reference > 0 and len(set(labels)) > 1:  # with one class, hardest positive and negative move together
+        assert np.any(gradient != 0)
+
+
+@pytest.mark.parametrize("half_dtype", HALF_DTYPES)
+def test_hard_gradient_is_finite_when_half_precision_embeddings_coincide(half_dtype):
+    labels = np.array([0, 0, 1, 1])
+    embeddings = ops.cast(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype="float32"), half_dtype)
+    loss = TripletHardLoss(dtype=half_dtype)
+    # (Cast to float32 outside the loss: keras.ops.convert_to_numpy cannot convert a scalar bfloat16 tensor on TF.)
+    value, gradient = value_and_gradient(lambda x: ops.cast(loss(labels, x), "float32"), embeddings)
+    # Hardest positive 0, hardest negative √2: max(0, 0 − √2 + 1) = 0, and no NaN from √0 in the gradient.
+    assert float(value) == 0.0
+    assert np.all(np.isfinite(np.asarray(gradient, dtype=np.float32)))
+
+
 @pytest.mark.parametrize("margin", [0.5, 1.0])
 @pytest.mark.parametrize("pairs,column", [(1, False), (7, True), (50, False)])
 def test_contrastive_matches_loop_oracle(pairs, column, margin):
@@ -218,6 +261,33 @@ def test_contrastive_golden_values():
     assert to_float(loss(np.array([1.0]), np.array([0.5]))) == pytest.approx(0.25)
     assert to_float(loss(np.array([0.0]), np.array([0.25]))) == pytest.approx(0.5625)
     assert to_float(loss(np.array([0.0]), np.array([1.5]))) == 0.0
+
+
+@pytest.mark.parametrize("half_dtype", HALF_DTYPES)
+@pytest.mark.parametrize("pairs,column", [(1, False), (7, True), (50, False), (257, True)])
+def test_contrastive_half_precision_inputs_match_loop_oracle(pairs, column, half_dtype):
+    rng = np.random.default_rng(pairs + 11)
+    distances = np.abs(rng.normal(scale=0.8, size=pairs)).astype("float32")
+    similar = rng.integers(0, 2, size=pairs)
+    similar[0] = 1  # every batch has a similar pair: a positive loss, so a nonzero gradient to check
+    half_distances = ops.cast(labels_in_shape(distances, column), half_dtype)
+    rounded = ops.convert_to_numpy(ops.cast(half_distances, "float32")).astype(np.float64)
+    expected = contrastive_loss_oracle(rounded, similar, 0.8)
+    assert expected > 0
+    loss = ContrastiveLoss(margin=0.8)
+    value = loss(labels_in_shape(similar, column), half_distances)
+    # Keras converts y_pred to the loss's dtype (float32 by default) before `call`: half inputs are computed in float32
+    # and agree with the oracle on the rounded inputs to float32 accuracy (half precision would be off by ~1e-3).
+    assert keras.backend.standardize_dtype(value.dtype) == "float32"
+    assert to_float(value) == pytest.approx(expected, rel=1e-5)
+    # A ContrastiveLoss whose dtype is half precision returns that dtype and, unlike the triplet losses, computes each
+    # pair's loss in it (no float32 upcast; the sum accumulates in float32 on TF and JAX): within a few half ulps.
+    half_value = ContrastiveLoss(margin=0.8, dtype=half_dtype)(labels_in_shape(similar, column), half_distances)
+    assert keras.backend.standardize_dtype(half_value.dtype) == half_dtype
+    assert to_float(half_value) == pytest.approx(expected, rel=4 * HALF_EPSILON[half_dtype])
+    _, gradient = value_and_gradient(lambda x: loss(similar, x), half_distances)
+    gradient = np.asarray(gradient, dtype=np.float32)
+    assert gradient.shape == tuple(half_distances.shape) and np.all(np.isfinite(gradient)) and np.any(gradient != 0)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from PIL import Image
 
 from sigverify import preprocess
 from sigverify.errors import ConfigError, DataError
-from sigverify.preprocess import (
+from sigverify.data.preprocess import (
     PreprocessConfig,
     binarize_otsu,
     load_preprocessed_images,

@@ -14,7 +14,7 @@ from sigverify.data.hardness import raw_pixel_baseline
 from sigverify.data.synthetic import generate_synthetic_dataset
 from sigverify.errors import ConfigError
 from sigverify.evaluate import raw_pixel_embeddings
-from sigverify.preprocess import PreprocessConfig, preprocess_file
+from sigverify.data.preprocess import PreprocessConfig, preprocess_file
 
 N_WRITERS, N_SAMPLES = 3, 4
 

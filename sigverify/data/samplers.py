@@ -4,6 +4,8 @@ a resume and on every backend."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from sigverify.errors import ConfigError
@@ -47,3 +49,11 @@ def pk_batches(labels: np.ndarray, classes_per_batch: int, images_per_class: int
         chosen = rng.choice(eligible, size=classes_per_batch, replace=False)
         batches[b] = np.concatenate([rng.choice(members[c], size=images_per_class, replace=False) for c in chosen])
     return batches
+
+
+def training_batches(labels: np.ndarray, settings, seed: int) -> Callable[[int], np.ndarray]:
+    """epoch → batches of the sampler that `settings` (a `sigverify.settings.BatchSettings`) names: the original
+    shuffled batches, or class-balanced P×K batches."""
+    if settings.sampler == "pk":
+        return lambda epoch: pk_batches(labels, settings.classes_per_batch, settings.images_per_class, seed, epoch)
+    return lambda epoch: shuffled_batches(len(labels), settings.batch_size, seed, epoch)

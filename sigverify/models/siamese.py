@@ -25,6 +25,6 @@ class PairDistance(keras.layers.Layer):
 
 def build_siamese(tower: keras.Model, name: str = "siamese") -> keras.Model:
     """(a, b) → distance between tower(a) and tower(b); the tower's weights are shared by construction."""
-    first = keras.Input(shape=tower.input.shape[1:], name="first")
-    second = keras.Input(shape=tower.input.shape[1:], name="second")
+    first = keras.Input(shape=tower.input.shape[1:], dtype=tower.input.dtype, name="first")
+    second = keras.Input(shape=tower.input.shape[1:], dtype=tower.input.dtype, name="second")
     return keras.Model([first, second], PairDistance(name="distance")([tower(first), tower(second)]), name=name)

@@ -37,17 +37,18 @@ def build_frozen_features_model(backbone: keras.Model, name: str = "pretrained_f
 
 def build_encoder(backbone: keras.Model, projection_dim: int, name: str) -> keras.Model:
     """image → backbone → global average pooling → projection head: one tower of SimCLR or MoCo."""
-    image = keras.Input(shape=backbone.input.shape[1:], name="image")
+    image = keras.Input(shape=backbone.input.shape[1:], dtype=backbone.input.dtype, name="signature")
     pooled = layers.GlobalAveragePooling2D(name="avg_pool")(backbone(image))
     head = build_projection_head(pooled.shape[-1], projection_dim)
     return keras.Model(image, head(pooled), name=name)
 
 
 def build_simclr_model(backbone: keras.Model, projection_dim: int) -> keras.Model:
-    """(first views B×H×W×3, second views B×H×W×3) → projections 2B×D, the first views' rows then the second's (the
-    layout NTXentLoss takes). The two views pass through the encoder as one batch, so BatchNorm sees both."""
-    shape = backbone.input.shape[1:]
-    first, second = keras.Input(shape=shape, name="first_view"), keras.Input(shape=shape, name="second_view")
+    """(first views B×H×W uint8, second views B×H×W uint8) → projections 2B×D, the first views' rows then the second's
+    (the layout NTXentLoss takes). The two views pass through the encoder as one batch, so BatchNorm sees both."""
+    shape, dtype = backbone.input.shape[1:], backbone.input.dtype
+    first = keras.Input(shape=shape, dtype=dtype, name="first_view")
+    second = keras.Input(shape=shape, dtype=dtype, name="second_view")
     both = layers.Concatenate(axis=0, name="both_views")([first, second])
     encoder = build_encoder(backbone, projection_dim, name="encoder")
     return keras.Model([first, second], encoder(both), name="simclr")

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sigverify.config import ExperimentConfig
 from sigverify.data.images import has_image_extension
 from sigverify.data.index import read_index
+from sigverify.data.prepare import preprocessing_of
+from sigverify.data.preprocess import load_preprocessed_images
 from sigverify.data.synthetic import GENERATOR_VERSION, generate_synthetic_dataset
 from sigverify.errors import ConfigError, DataError
-from sigverify.preprocess import PreprocessConfig, load_preprocessed_images
+from sigverify.settings import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,7 @@ class PretrainingImages:
     images: np.ndarray  # uint8 N×H×W, preprocessed like the evaluation data
     labels: np.ndarray | None  # per image: synthetic writers' classes (genuine w, forgeries w + N); None: unlabelled
     description: str  # for reports: what the images are
-
-
-def preprocess_settings(config: ExperimentConfig) -> PreprocessConfig:
-    image = config.image
-    return PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect)
+    dataset_writers: list[int] = field(default_factory=list)  # writers of the experiment's dataset among the images
 
 
 def synthetic_pretraining_dir(n_writers: int, n_samples: int) -> Path:
@@ -61,7 +58,7 @@ def synthetic_writer_images(config: ExperimentConfig, labelled: bool) -> Pretrai
                  n_samples, folder)
         generate_synthetic_dataset(folder, n_writers=n_writers, n_samples=n_samples, seed=SYNTHETIC_PRETRAINING_SEED)
     index = read_index(folder, layout="cedar")
-    images, kept, _ = load_preprocessed_images(index["path"].tolist(), preprocess_settings(config),
+    images, kept, _ = load_preprocessed_images(index["path"].tolist(), preprocessing_of(config.image),
                                                config.data.cache_dir)
     description = (f"{len(images)} synthetic signatures of {n_writers} writers ({n_samples} genuine and {n_samples} "
                    f"skilled forgeries each, seed {SYNTHETIC_PRETRAINING_SEED}, {folder})")
@@ -75,22 +72,23 @@ def folder_images(config: ExperimentConfig, folder: Path) -> PretrainingImages:
     paths = sorted(str(path) for path in folder.rglob("*") if path.is_file() and has_image_extension(path))
     if not paths:
         raise DataError(f"--unlabelled {folder}: no image files found (PNG, JPEG, TIFF, BMP, ...)")
-    images, _, skipped = load_preprocessed_images(paths, preprocess_settings(config), config.data.cache_dir,
+    images, _, skipped = load_preprocessed_images(paths, preprocessing_of(config.image), config.data.cache_dir,
                                                   skip_bad_images=config.data.skip_bad_images)
     skipped_note = f", {len(skipped)} unreadable skipped" if skipped else ""
     return PretrainingImages(images, None, f"{len(images)} unlabelled images from {folder}{skipped_note}")
 
 
 def pretraining_images(config: ExperimentConfig, train_images: np.ndarray, dataset: str,
-                       n_train_writers: int) -> PretrainingImages:
+                       train_writers: list[int]) -> PretrainingImages:
     """The method's images: labelled synthetic writers for `synthetic`; for SimCLR and MoCo the source `--unlabelled`
     names (`train`: `train_images`, the chosen dataset's training writers)."""
     pretrain = config.pretrain
     if pretrain.method == "synthetic":
         return synthetic_writer_images(config, labelled=True)
     if pretrain.unlabelled == "train":
-        return PretrainingImages(train_images, None, f"the {len(train_images)} images of the {n_train_writers} "
-                                                     f"training writers of {dataset} (labels unused)")
+        return PretrainingImages(train_images, None, f"the {len(train_images)} images of the {len(train_writers)} "
+                                                     f"training writers of {dataset} (labels unused)",
+                                 [int(writer) for writer in train_writers])
     if pretrain.unlabelled == "synthetic":
         return synthetic_writer_images(config, labelled=False)
     return folder_images(config, Path(pretrain.unlabelled))

@@ -1,6 +1,6 @@
-"""The TensorFlow training loop: one loop on `strategy.run` for every tf.distribute strategy (Keras 3's `fit` breaks
-under MultiWorkerMirroredStrategy), driven like `fit` through Keras callbacks, with checkpoints that make a run
-resumable. On JAX, Keras's own `fit` trains (`sigverify.train_keras`); what both share is in `sigverify.train_common`.
+"""The TensorFlow engine: device placement through tf.distribute, and one training loop on `strategy.run` for every
+strategy (Keras 3's `fit` breaks under MultiWorkerMirroredStrategy), driven like `fit` through Keras callbacks, with
+checkpoints that make a run resumable. The interface and what both engines share: `sigverify.training.engine`.
 
 Every replica computes the loss on the whole global batch (the replicas' outputs and targets are all-gathered), so a
 triplet loss mines among all B images as it does on one device, not among a replica's B/R; the all-gather's gradient
@@ -10,8 +10,10 @@ replica's loss is divided by the number of replicas: the update is the single-de
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,20 +23,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sigverify.errors import ConfigError
 from sigverify.losses import trainable_loss_variables
-from sigverify.train_common import (
+from sigverify.training.engine import (
     CHECKPOINT_DIR,
     HISTORY_FILE,
     NonFiniteLoss,
+    TrainingEngine,
     TrainResult,
+    ViewBatches,
     current_learning_rate,
-    learning_rate_schedule,
-    make_optimizer,
     read_history,
     truncate_history,
 )
-
-__all__ = ["NonFiniteLoss", "TrainResult", "Trainer", "learning_rate_schedule", "make_optimizer", "read_history"]
+from sigverify.training.tf_data import dataset_of
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +181,123 @@ class Trainer:
             best_epoch = int(np.argmin(history["val_loss"])) + 1
         return TrainResult(history=history, train_seconds=time.perf_counter() - started, initial_epoch=initial_epoch,
                            batches_without_positives=batches_without_positives, best_epoch=best_epoch)
+
+
+# Device placement
+
+
+def split_cpu(n_devices: int) -> None:
+    """Expose the CPU as n logical devices (so MirroredStrategy can be exercised without GPUs). Must run before TF
+    initialises its devices; calling it again with the same count is harmless."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == n_devices:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n_devices)
+    except RuntimeError as error:
+        raise ConfigError(f"--cpu-devices {n_devices}: TensorFlow's devices were already initialised ({error})") from None
+
+
+def make_strategy(name: str = "auto", cpu_devices: int | None = None) -> tf.distribute.Strategy:
+    """auto: Mirrored over all GPUs when there are several, the one GPU, or the CPU; cpu: the CPU even with GPUs;
+    mirrored: all GPUs, else all logical CPUs; multiworker: MultiWorkerMirroredStrategy from TF_CONFIG."""
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("--strategy multiworker: TF_CONFIG is not set; expected a cluster spec with this task's index")
+        json.loads(os.environ["TF_CONFIG"])
+        if cpu_devices:
+            split_cpu(cpu_devices)
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if cpu_devices:
+        split_cpu(cpu_devices)
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if name == "cpu":
+        return tf.distribute.OneDeviceStrategy(cpus[0].name)
+    if name == "mirrored":
+        devices = [d.name for d in (gpus or cpus)]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "auto":
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        return tf.distribute.OneDeviceStrategy((gpus or cpus)[0].name)
+    raise ConfigError(f"unknown strategy {name!r}: expected one of auto, cpu, mirrored, multiworker")
+
+
+def describe_strategy(strategy: tf.distribute.Strategy) -> str:
+    devices = getattr(strategy.extended, "worker_devices", None) or []
+    return f"{type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s): {', '.join(devices)}"
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Only the chief writes the run folder under multi-worker training."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def set_precision(mixed: bool) -> str:
+    """float32, or mixed precision: float16 compute on a GPU, bfloat16 on a CPU (losses and the L2 normalization stay
+    float32). Returns the policy name."""
+    if not mixed:
+        policy = "float32"
+    else:
+        policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_dtype_policy(policy)
+    return policy
+
+
+class CrossReplicaViews:
+    """SimCLR under tf.distribute: the negatives of every replica, with each image's two views still paired.
+
+    The loop all-gathers every replica's outputs before the loss, so the loss sees the global batch. A replica's
+    SimCLR output is its first views then its second views; gathered, that is one such block per replica. NTXentLoss
+    pairs row i with row i + N, so the blocks are reordered here into every replica's first views, then every
+    replica's second views."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def __call__(self, targets, views):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas == 1:
+            return self.loss(targets, views)
+        dim = tf.shape(views)[-1]
+        blocks = tf.reshape(views, [replicas, 2, -1, dim])  # replica, view, image, feature
+        return self.loss(targets, tf.reshape(tf.transpose(blocks, [1, 0, 2, 3]), [-1, dim]))
+
+
+class TensorFlowEngine(TrainingEngine):
+    """The strategy of `devices.strategy` (before TensorFlow starts its devices), the precision policy, XLA on request,
+    and `Trainer` as the loop."""
+
+    def __init__(self, devices):
+        self.strategy = make_strategy(devices.strategy, devices.cpu_devices)
+        self.precision = set_precision(devices.mixed_precision)
+        self.jit = devices.jit
+
+    def scope(self):
+        return self.strategy.scope()
+
+    def describe(self) -> str:
+        return describe_strategy(self.strategy)
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def is_chief(self) -> bool:
+        return is_chief(self.strategy)
+
+    def fit(self, run_dir, model, loss, train, epochs, optimizer, validation=None, *, batch_has_signal=None,
+            verbose=1) -> TrainResult:
+        loss_fn = CrossReplicaViews(loss) if isinstance(train, ViewBatches) else loss
+        trainer = Trainer(model, loss_fn, optimizer, self.strategy, run_dir, write_files=self.is_chief,
+                          batch_has_signal=batch_has_signal, jit=self.jit)
+        return trainer.fit(lambda epoch: dataset_of(train, epoch), epochs, train.steps(),
+                           validation_batches=(lambda epoch: dataset_of(validation, epoch)) if validation is not None else None,
+                           verbose=verbose)

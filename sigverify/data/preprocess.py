@@ -1,4 +1,5 @@
-"""Preprocessing: a decoded grey signature becomes a fixed-size binarized array, and a batch of those becomes backbone input.
+"""Preprocessing: a decoded grey signature becomes a fixed-size binarized array (uint8 H×W, ink 0, paper 255), what every
+model takes (each scales its input itself: `sigverify.models.backbones.InputScaling`).
 
 The functions are pure; `load_preprocessed_images` adds a disk cache keyed by each file's identity and every setting,
 so that a second run decodes no image.
@@ -24,9 +25,6 @@ log = logging.getLogger(__name__)
 PAPER = 255
 INK = 0
 
-# keras.applications' "caffe" mode (ResNet50, VGG16): BGR channel means subtracted, no scaling.
-CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
-BACKBONE_INPUT_MODES = {"resnet50": "caffe", "vgg16": "caffe", "none": "unit"}
 
 CACHE_FORMAT_VERSION = 1
 
@@ -78,18 +76,6 @@ def preprocess_grey(grey: np.ndarray, config: PreprocessConfig) -> np.ndarray:
 
 def preprocess_file(path: str | os.PathLike, config: PreprocessConfig) -> np.ndarray:
     return preprocess_grey(read_grey(path), config)
-
-
-def to_backbone_input(images: np.ndarray, backbone: str = "resnet50") -> np.ndarray:
-    """uint8 N×H×W grey → float32 N×H×W×3, as `keras.applications.<backbone>.preprocess_input` would give for the grey
-    image replicated to three channels (the same numbers the tf.data feed computes)."""
-    mode = BACKBONE_INPUT_MODES.get(backbone)
-    if mode is None:
-        raise ConfigError(f"unknown backbone {backbone!r}: expected one of {sorted(BACKBONE_INPUT_MODES)}")
-    grey = images.astype(np.float32)[..., None]
-    if mode == "caffe":
-        return np.repeat(grey, 3, axis=-1) - CAFFE_BGR_MEAN
-    return np.repeat(grey / 255.0, 3, axis=-1)
 
 
 def _file_identity(path: str) -> str:

@@ -1,12 +1,14 @@
-"""Training on the JAX backend with Keras's own `fit`: a PyDataset feed over the preprocessed images drawn by the same
-samplers as the tf.data feed, data parallelism through `keras.distribution`, and the run folder the TensorFlow loop
-(`sigverify.train`) writes: history.csv, checkpoints that make a run resumable, the same `TrainResult`.
+"""The JAX engine: Keras's own `fit` on PyDataset feeds of the engine's feeds (the same batches, augmentations and views
+as the TensorFlow engine's tf.data), data parallelism through `keras.distribution`, and the run folder the TensorFlow
+engine writes: history.csv, checkpoints that make a run resumable, tensorboard/ (where TensorFlow is installed, which
+Keras writes it with), the same `TrainResult`.
 
 Nothing here imports TensorFlow, so a machine with JAX and the keras wheel alone can train.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -18,11 +20,13 @@ import keras
 import numpy as np
 
 from sigverify.errors import ConfigError
-from sigverify.preprocess import to_backbone_input
-from sigverify.train_common import (
+from sigverify.training.engine import (
     CHECKPOINT_DIR,
     HISTORY_FILE,
+    LabelledBatches,
     NonFiniteLoss,
+    PairBatches,
+    TrainingEngine,
     TrainResult,
     current_learning_rate,
     read_history,
@@ -99,34 +103,53 @@ def set_precision(mixed: bool) -> str:
     return policy
 
 
-class LabelledImageBatches(keras.utils.PyDataset):
-    """(backbone input float32 B×H×W×3, int32 labels B) batches of preprocessed uint8 images, the PyDataset twin of
-    `sigverify.data.feed.image_batches`. `batches_of_epoch(epoch)` gives the positions of each batch's images (a
-    sampler of `sigverify.data.samplers`); `start_epoch(epoch)` draws that epoch's batches."""
+class FeedBatches(keras.utils.PyDataset):
+    """The batches of a feed of `sigverify.training.engine` as `fit` reads them, the PyDataset twin of
+    `sigverify.training.tf_data`: (uint8 images, int32 labels) for labelled batches (augmented when the feed says so),
+    ((inputs[first], inputs[second]), same) for pairs, ((first views, second views), zeros) for views.
+    `start_epoch(epoch)` draws that epoch's batches."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, backbone: str,
-                 batches_of_epoch: Callable[[int], np.ndarray], workers: int = 2):
+    def __init__(self, feed, workers: int = 2):
         super().__init__(workers=workers, max_queue_size=4)
-        self.images, self.labels, self.backbone = images, labels.astype(np.int32), backbone
-        self.batches_of_epoch = batches_of_epoch
+        self.feed = feed
         self.start_epoch(0)
 
     def start_epoch(self, epoch: int) -> None:
-        self.batches = self.batches_of_epoch(epoch)
+        feed = self.feed
+        if isinstance(feed, PairBatches):
+            self.pairs = feed.pairs_of_epoch(epoch)
+            self.batches = self.pairs[0]
+            return
+        self.batches = feed.batches_of_epoch(epoch)
+        if isinstance(feed, LabelledBatches):
+            self.transform = feed.augment_of_epoch(epoch) if feed.augment_of_epoch is not None else None
+        else:
+            self.transform = feed.views_of_epoch(epoch)
+
+    def labels_of(self, step: int) -> np.ndarray | None:
+        return self.feed.labels[self.batches[step]] if isinstance(self.feed, LabelledBatches) else None
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int):
-        positions = self.batches[index]
-        return to_backbone_input(self.images[positions], self.backbone), self.labels[positions]
+    def __getitem__(self, step: int):
+        feed = self.feed
+        if isinstance(feed, PairBatches):
+            first, second, same = (column[step] for column in self.pairs)
+            return (feed.inputs[first], feed.inputs[second]), same
+        images = feed.images[self.batches[step]]
+        if isinstance(feed, LabelledBatches):
+            images = self.transform(images, step) if self.transform is not None else images
+            return images, feed.labels[self.batches[step]].astype(np.int32)
+        first, second = self.transform(images, step)
+        return (first, second), np.zeros(len(images), np.float32)
 
 
 class _EpochBatches(keras.callbacks.Callback):
     """Draws each epoch's batches before `fit` reads them (Keras calls a PyDataset's own on_epoch_end more than once
     per epoch, so the epoch number comes from here) and counts the batches that cannot teach anything."""
 
-    def __init__(self, data: LabelledImageBatches, batch_has_signal: Callable | None):
+    def __init__(self, data: FeedBatches, batch_has_signal: Callable | None):
         super().__init__()
         self.data, self.batch_has_signal = data, batch_has_signal
         self.batches_without_signal = 0
@@ -134,8 +157,8 @@ class _EpochBatches(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.data.start_epoch(epoch)
         if self.batch_has_signal is not None:
-            self.batches_without_signal += sum(not bool(self.batch_has_signal(self.data.labels[positions]))
-                                               for positions in self.data.batches)
+            self.batches_without_signal += sum(not bool(self.batch_has_signal(self.data.labels_of(step)))
+                                               for step in range(len(self.data)))
 
 
 class _LearningRateAndFiniteLoss(keras.callbacks.Callback):
@@ -169,14 +192,11 @@ def completed_epochs(backup_dir: Path) -> int:
 
 
 def fit_keras(model: keras.Model, loss_fn, optimizer, distribution: keras.distribution.DataParallel | OneDevice,
-              run_dir: Path, train_data: LabelledImageBatches, epochs: int,
-              validation_data: keras.utils.PyDataset | None = None, *, batch_has_signal: Callable | None = None,
-              verbose: int = 1) -> TrainResult:
+              run_dir: Path, train_data: FeedBatches, epochs: int, validation_data: FeedBatches | None = None, *,
+              batch_has_signal: Callable | None = None, verbose: int = 1) -> TrainResult:
     """Train `model` with `model.fit` under `distribution`, continuing from the run folder's last checkpoint if it has
-    one. `loss_fn(labels, embeddings)` is any of our losses; a loss that owns variables (a margin-softmax loss's class
-    weights) has them trained and checkpointed with the model. Callbacks: progress bar, CSVLogger (history.csv),
-    BackupAndRestore (checkpoints/last, for resume), the best validation weights (checkpoints/best); TensorBoard is the
-    TensorFlow loop's only (Keras writes it through TensorFlow)."""
+    one. Callbacks: progress bar, CSVLogger (history.csv), BackupAndRestore (checkpoints/last, for resume), the best
+    validation weights (checkpoints/best), TensorBoard (tensorboard/) where TensorFlow is installed."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = run_dir / CHECKPOINT_DIR
@@ -196,6 +216,10 @@ def fit_keras(model: keras.Model, loss_fn, optimizer, distribution: keras.distri
         callbacks = [epoch_batches, _LearningRateAndFiniteLoss(optimizer, backup_dir),
                      keras.callbacks.CSVLogger(str(history_path), append=initial_epoch > 0),
                      keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)]
+        if importlib.util.find_spec("tensorflow") is not None:
+            callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
+        else:
+            log.info("tensorboard/ not written: Keras writes it through TensorFlow, which is not installed")
         if validation_data is not None:
             previous_best = min(read_history(history_path).get("val_loss", [math.inf]), default=math.inf)
             callbacks.append(keras.callbacks.ModelCheckpoint(
@@ -211,3 +235,32 @@ def fit_keras(model: keras.Model, loss_fn, optimizer, distribution: keras.distri
     best_epoch = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None
     return TrainResult(history=history, train_seconds=train_seconds, initial_epoch=initial_epoch,
                        batches_without_positives=epoch_batches.batches_without_signal, best_epoch=best_epoch)
+
+
+class JaxEngine(TrainingEngine):
+    """The distribution of `devices.strategy` (DataParallel over every device, or one device), the precision policy,
+    and Keras's `fit`. multiworker and XLA flags are tf.distribute's and TensorFlow's: refused in one line (JAX
+    compiles every step with XLA anyway)."""
+
+    def __init__(self, devices):
+        if devices.jit:
+            raise ConfigError("--jit: XLA compilation is a TensorFlow setting; JAX compiles every step with XLA already: "
+                              "leave it out on the jax backend")
+        self.distribution = make_distribution(devices.strategy, devices.cpu_devices)
+        self.precision = set_precision(devices.mixed_precision)
+
+    def scope(self):
+        return self.distribution.scope()
+
+    def describe(self) -> str:
+        return describe_distribution(self.distribution)
+
+    @property
+    def replicas(self) -> int:
+        return 1 if isinstance(self.distribution, OneDevice) else int(np.size(self.distribution.device_mesh.devices))
+
+    def fit(self, run_dir, model, loss, train, epochs, optimizer, validation=None, *, batch_has_signal=None,
+            verbose=1) -> TrainResult:
+        return fit_keras(model, loss, optimizer, self.distribution, run_dir, FeedBatches(train), epochs,
+                         FeedBatches(validation) if validation is not None else None,
+                         batch_has_signal=batch_has_signal, verbose=verbose)

@@ -1,9 +1,8 @@
-"""report.md of a run: what ran (data, model, weights, schedule), the metrics beside the post's figures, the figures."""
+"""report.md of a run, from its metrics.json alone: what ran (data, model, weights, schedule), the metrics beside the
+post's figures, the figures."""
 
 from __future__ import annotations
 
-from sigverify.config import ExperimentConfig
-from sigverify.models import MODEL_ZOO
 from sigverify.runs import RunFolder, write_text
 
 FIGURE_CAPTIONS = [
@@ -15,24 +14,6 @@ FIGURE_CAPTIONS = [
     ("gradcam.png", "GradCAM: the embedding's gradient w.r.t. the last conv layers' feature maps"),
     ("embedding_3d.png", "Embeddings of three writers in 3-D (PCA): genuine circles, forgeries diamonds"),
 ]
-
-
-def post_figure(config: ExperimentConfig):
-    """The post's (description, max accuracy, EER) on skilled forgeries for the model of this run, if it reported one."""
-    named = MODEL_ZOO.get(config.model.zoo or "")
-    if named is not None and named.reported_max_accuracy is not None:
-        return named.description, named.reported_max_accuracy, named.reported_eer
-    for entry in MODEL_ZOO.values():
-        if config.experiment == "contrastive":
-            matches = entry.kind == "contrastive" and entry.backbone == config.model.backbone
-        elif config.experiment == "pretrain":  # frozen pooled features: the post's "pretrained, no fine-tuning"
-            matches = entry.kind == "pretrained" and entry.backbone == config.model.backbone
-        else:
-            matches = entry.kind == "cut" and (entry.backbone, entry.cut_layer, entry.normalize) == (
-                config.model.backbone, config.model.cut_layer, config.model.normalize)
-        if matches and entry.reported_max_accuracy is not None:
-            return entry.description, entry.reported_max_accuracy, entry.reported_eer
-    return None
 
 
 def _fmt(value, digits=3):
@@ -62,11 +43,13 @@ def _protocol_lines(metrics: dict) -> list[str]:
     return lines
 
 
-def write_report(run: RunFolder, config: ExperimentConfig, metrics: dict, figures) -> None:
-    names = {getattr(f, "name", str(f)) for f in figures}
-    post = post_figure(config)
-    lines = [f"# {config.experiment} run `{run.path.name}`", ""]
-    train = config.train
+def write_report(run: RunFolder, metrics: dict, figures) -> None:
+    """report.md from `metrics` (what metrics.json holds: the settings summary, facts and metrics); `figures` are the
+    file names in the run folder, of which the known figures are shown."""
+    names = set(figures)
+    settings = metrics["settings"]
+    post = metrics.get("post_figure")
+    lines = [f"# {settings['experiment']} run `{run.path.name}`", ""]
     pairs_line = (f"- distance at test time: {metrics['distance']}; test pairs: {metrics['n_pairs']['hard']} hard "
                   f"(genuine vs skilled), {metrics['n_pairs']['easy']} easy (genuine vs random)")
     if "n_train_pairs" in metrics:
@@ -74,13 +57,14 @@ def write_report(run: RunFolder, config: ExperimentConfig, metrics: dict, figure
     lines += [
         (f"- dataset: {metrics['dataset']} (layout {metrics['layout']}); {metrics['n_train_writers']} training "
          f"writers, {len(metrics['test_writers'])} test writers {metrics['test_writers']}"),
-        (f"- profile: `{config.profile}`; image {config.image.image_size}×{config.image.image_size}, "
-         f"Otsu binarization {'on' if config.image.binarize else 'off'}"),
-        f"- model: {metrics.get('model_description', config.model.backbone)}; {metrics.get('params', 0):,} parameters",
+        (f"- profile: `{settings['profile']}`; image {settings['image_size']}×{settings['image_size']}, "
+         f"Otsu binarization {'on' if settings['binarize'] else 'off'}"),
+        f"- model: {metrics.get('model_description', 'unknown')}; {metrics.get('params', 0):,} parameters",
         f"- **weights: {metrics.get('weights', 'unknown')}**",
-        (f"- training: {train.epochs} epochs, batch {train.batch_size} ({train.sampler} sampler), loss "
-         f"{metrics.get('loss_description', train.loss)}, Adam {train.learning_rate:g} with {train.schedule} "
-         f"schedule; {metrics.get('train_seconds', 0):.0f} s on {metrics.get('strategy', 'the default device')}"),
+        (f"- training: {settings['epochs']} epochs, batch {settings['batch_size']} ({settings['sampler']} sampler), "
+         f"loss {metrics.get('loss_description', settings['loss'])}, Adam {settings['learning_rate']:g} with "
+         f"{settings['schedule']} schedule; {metrics.get('train_seconds', 0):.0f} s on "
+         f"{metrics.get('strategy', 'the default device')}"),
         pairs_line,
         "",
         "## Metrics",
@@ -102,8 +86,9 @@ def write_report(run: RunFolder, config: ExperimentConfig, metrics: dict, figure
                               for name, v in references.items()) + "."]
     if post:
         hard = metrics.get("hard") or {}
-        post_eer = f", EER {post[2]:.3f}" if post[2] is not None else ""
-        lines += ["", (f"The post reports for **{post[0]}** on skilled forgeries: max accuracy {post[1]:.3f}{post_eer} "
+        post_eer = f", EER {post['eer']:.3f}" if post["eer"] is not None else ""
+        lines += ["", (f"The post reports for **{post['model']}** on skilled forgeries: max accuracy "
+                       f"{post['max_accuracy']:.3f}{post_eer} "
                        f"(ImageNet weights, CEDAR). This run: max accuracy {_fmt(hard.get('max_accuracy'))}, "
                        f"EER {_fmt(hard.get('eer'))}.")]
         if not str(metrics.get("weights", "")).startswith("ImageNet"):

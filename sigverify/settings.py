@@ -55,31 +55,47 @@ class ModelSettings:
 
 
 @dataclass
-class TrainSettings:
-    epochs: int = 25
-    batch_size: int = 64
-    sampler: str = "shuffled"  # the original: shuffled batches from all training classes
-    classes_per_batch: int = 16  # P of the P×K sampler
-    images_per_class: int = 4  # K of the P×K sampler
+class LossSettings:
     loss: str = "semihard"  # a name of sigverify.losses.LOSSES
     losses: str | None = None  # losses experiment: comma-separated loss names (None: all of them)
     margin: float = 1.0  # triplet, quadruplet (first margin) and contrastive losses
     margin2: float = 0.5  # quadruplet loss: the margin of the negative-pair term
     scale: float | None = None  # margin-softmax losses: s (None: the loss's own default)
     softmax_margin: float | None = None  # margin-softmax losses: m (None: the loss's own default)
-    distance_metric: str = "L2"
+    distance: str = "euclidean"  # of sigverify.distances.METRICS: what the loss measures between embeddings
+
+
+@dataclass
+class BatchSettings:
+    batch_size: int = 64
+    sampler: str = "shuffled"  # the original: shuffled batches from all training classes
+    classes_per_batch: int = 16  # P of the P×K sampler
+    images_per_class: int = 4  # K of the P×K sampler
+
+
+@dataclass
+class OptimizerSettings:
     learning_rate: float = 1e-3
     schedule: str = "exponential"
     decay_steps: int = 10
     decay_rate: float = 0.7
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 25
     seed: int = 0
     seeds: int = 1  # repeat each run with seeds seed, seed + 1, …, seed + seeds - 1 (one sub-run each)
-    deterministic: bool = False
+    augment: bool = False  # augment the training images (sigverify.data.augment) at FINE_TUNING_STRENGTH
+
+
+@dataclass
+class DeviceSettings:
     strategy: str = "auto"
     cpu_devices: int | None = None
     mixed_precision: bool = False
     jit: bool = False
-    augment: bool = False  # augment the training images (sigverify.augment) at FINE_TUNING_STRENGTH
+    deterministic: bool = False
 
 
 @dataclass
@@ -118,7 +134,11 @@ class ExperimentConfig:
     data: DataSettings = field(default_factory=DataSettings)
     image: ImageSettings = field(default_factory=ImageSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    batches: BatchSettings = field(default_factory=BatchSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    devices: DeviceSettings = field(default_factory=DeviceSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
 
@@ -126,127 +146,20 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataSettings, "image": ImageSettings, "model": ModelSettings, "train": TrainSettings,
+SECTIONS = {"data": DataSettings, "image": ImageSettings, "model": ModelSettings, "loss": LossSettings,
+            "batches": BatchSettings, "optimizer": OptimizerSettings, "train": TrainSettings, "devices": DeviceSettings,
             "report": ReportSettings, "pretrain": PretrainSettings}
-
-# Profiles of the triplet experiment. smoke: seconds, for tests. quick: the default, minutes on a 2-core CPU, with a
-# schedule that keeps learning. blog: the post's protocol (224×224, batch 64, 25 epochs, ExponentialDecay(10, 0.7)).
-TRIPLET_PROFILES = {
-    "smoke": {
-        "data": {"max_writers": 4, "max_samples": 6},
-        "image": {"image_size": 32},
-        "model": {"cut_layer": "conv3_block4_add"},
-        "train": {"epochs": 2, "batch_size": 16, "sampler": "pk", "classes_per_batch": 4, "images_per_class": 4,
-                  "schedule": "constant"},
-        "report": {"umap": False, "gradcam_images": 2},
-    },
-    "quick": {
-        "image": {"image_size": 96},
-        "model": {"cut_layer": "conv3_block4_add"},
-        "train": {"epochs": 6, "batch_size": 64, "sampler": "pk", "classes_per_batch": 16, "images_per_class": 4,
-                  "schedule": "cosine", "learning_rate": 1e-3},
-    },
-    "blog": {},
-}
+# Which section holds each setting: reads the config.yaml of runs made before the settings had their own sections
+# (every training setting then sat under `train`).
+SECTION_OF_SETTING = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+LEGACY_DISTANCES = {"L2": "euclidean", "squared-L2": "squared-euclidean", "angular": "cosine"}  # TensorFlow Addons'
 
 
-def _merged(base: dict, profiles: dict) -> dict:
+def with_base(base: dict, profiles: dict) -> dict:
+    """Profiles (name → {section: {setting: value}}) with the settings of `base` under each, the profile's own winning:
+    what an experiment script writes once for all its profiles."""
     return {name: {section: {**base.get(section, {}), **profile.get(section, {})}
                    for section in set(base) | set(profile)} for name, profile in profiles.items()}
-
-
-# Profiles of the contrastive baseline (SPEC "Contrastive baseline": frozen backbone, GAP, Dense head, margin 0.5).
-# blog: the post's settings, 224×224, 50 epochs, Adam 5e-4 decayed per epoch, checkpoint on validation loss.
-CONTRASTIVE_PROFILES = _merged(
-    {"model": {"cut_layer": None, "embedding_dim": 128},
-     "train": {"loss": "contrastive", "margin": 0.5, "sampler": "shuffled", "distance_metric": "L2"},
-     "report": {"gradcam_images": 0}},
-    {
-        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
-                  "train": {"epochs": 2, "batch_size": 32, "schedule": "constant"}, "report": {"umap": False}},
-        "quick": {"image": {"image_size": 96},
-                  "train": {"epochs": 15, "batch_size": 64, "learning_rate": 5e-4, "schedule": "epoch-exponential",
-                            "decay_rate": 0.9}},
-        "blog": {"train": {"epochs": 50, "batch_size": 64, "learning_rate": 5e-4, "schedule": "epoch-exponential",
-                           "decay_rate": 0.9}},
-    },
-)
-
-
-# Profiles of the model zoo (every MODEL_ZOO model under one triplet training; experiments/models.py). A model whose cut
-# needs bigger images than image_size runs at its own minimum (full ResNet50: 97, VGG16: 128). quick: 64×64, 8 genuine
-# + 8 forged images per writer, 4 epochs: about 27 CPU-minutes for all models on CEDAR (VGG16 12, ResNet50 5), 15–20
-# minutes on an idle 2-core CPU.
-# blog: the post's protocol, as the triplet experiment's.
-MODELS_PROFILES = _merged(
-    {"model": {"cut_layer": None}},  # each model's backbone and cut layer come from MODEL_ZOO
-    {
-        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
-                  "train": {"epochs": 2, "batch_size": 16, "sampler": "pk", "classes_per_batch": 4,
-                            "images_per_class": 4, "schedule": "constant"},
-                  "report": {"umap": False, "gradcam_images": 2}},
-        "quick": {"data": {"max_samples": 8}, "image": {"image_size": 64},
-                  "train": {"epochs": 4, "batch_size": 64, "sampler": "pk", "classes_per_batch": 16,
-                            "images_per_class": 4, "schedule": "cosine", "learning_rate": 1e-3}},
-        "blog": {},
-    },
-)
-
-
-# Profiles of the loss comparison (experiments/losses.py): the triplet experiment's model and P×K batches for every
-# loss; no UMAP or Grad-CAM per run (many runs). quick: 64×64 images, 16 genuine + 16 forged per writer (K = 12
-# references leave 4 questioned genuine), 3 epochs: about 2 minutes a run on a busy 2-core CPU, so 7 losses × 5 folds
-# take over an hour there. blog: the post's protocol, with P×K batches of 16 × 4 = 64 so that every batch-mining loss
-# has positives.
-LOSSES_PROFILES = _merged(
-    {"report": {"umap": False, "gradcam_images": 0}},
-    {
-        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
-                  "model": {"cut_layer": "conv3_block4_add"},
-                  "train": {"epochs": 2, "batch_size": 16, "sampler": "pk", "classes_per_batch": 4,
-                            "images_per_class": 4, "schedule": "constant"}},
-        "quick": {"data": {"max_samples": 16}, "image": {"image_size": 64}, "model": {"cut_layer": "conv3_block4_add"},
-                  "train": {"epochs": 3, "batch_size": 64, "sampler": "pk", "classes_per_batch": 16,
-                            "images_per_class": 4, "schedule": "cosine", "learning_rate": 1e-3}},
-        "blog": {"train": {"sampler": "pk", "classes_per_batch": 16, "images_per_class": 4}},
-    },
-)
-
-
-# Profiles of backbone pretraining (experiments/pretrain.py; the pretrain section's settings): from random weights,
-# the cut of the triplet experiment's quick profile, no UMAP or Grad-CAM (the evaluation is of frozen features).
-# smoke: seconds, for tests. quick: 64×64 images, about a quarter of an hour per method on a busy 2-core CPU.
-# blog: for a GPU: the post's Small ResNet50 at 224×224, long pretraining, 2,000 synthetic writers × 12.
-_PRETRAINING = {
-    "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
-              "pretrain": {"pretrain_epochs": 2, "pretrain_batch_size": 8, "queue_size": 16, "projection_dim": 32,
-                           "synthetic_writers": 6, "synthetic_samples": 4}},
-    "quick": {"image": {"image_size": 64},
-              "pretrain": {"pretrain_epochs": 8, "pretrain_batch_size": 32, "queue_size": 1024,
-                           "synthetic_writers": 150, "synthetic_samples": 12}},
-    "blog": {"model": {"cut_layer": "conv4_block6_add"}, "image": {"image_size": 224},
-             "pretrain": {"pretrain_epochs": 100, "pretrain_batch_size": 128, "queue_size": 1024,
-                          "momentum": 0.995, "synthetic_writers": 2000, "synthetic_samples": 12}},
-}
-PRETRAIN_PROFILES = _merged(
-    {"model": {"weights": "none", "cut_layer": "conv3_block4_add"}, "report": {"umap": False, "gradcam_images": 0}},
-    _PRETRAINING,
-)
-
-# Profiles of the pretraining comparison (experiments/pretrain_compare.py): each method pretrained as exp-pretrain's
-# profile does, then the same triplet fine-tuning (the train section) from each start.
-PRETRAIN_COMPARE_PROFILES = _merged(
-    {"model": {"cut_layer": "conv3_block4_add"}, "report": {"umap": False, "gradcam_images": 0}},
-    {
-        "smoke": {**_PRETRAINING["smoke"],
-                  "train": {"epochs": 2, "batch_size": 16, "sampler": "pk", "classes_per_batch": 4,
-                            "images_per_class": 4, "schedule": "constant"}},
-        "quick": {**_PRETRAINING["quick"],
-                  "train": {"epochs": 4, "batch_size": 64, "sampler": "pk", "classes_per_batch": 16,
-                            "images_per_class": 4, "schedule": "cosine", "learning_rate": 1e-3}},
-        "blog": {**_PRETRAINING["blog"], "train": {"sampler": "pk", "classes_per_batch": 16, "images_per_class": 4}},
-    },
-)
 
 
 def _field_type(cls, name):
@@ -278,29 +191,31 @@ def build_config(experiment: str, profile: str, profiles: dict, overrides: dict 
 
 def validate(config: ExperimentConfig) -> None:
     """Settings checks that need no data and no model (those are checked where they are known)."""
-    train = config.train
+    train, batches, loss, optimizer, devices = config.train, config.batches, config.loss, config.optimizer, config.devices
+    pk = batches.classes_per_batch * batches.images_per_class
     checks = [
-        (train.strategy in STRATEGIES, f"unknown strategy {train.strategy!r}: expected one of {', '.join(STRATEGIES)}"),
-        (train.sampler in SAMPLERS, f"unknown sampler {train.sampler!r}: expected one of {', '.join(SAMPLERS)}"),
-        (train.schedule in SCHEDULES, f"unknown schedule {train.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
-        (train.margin > 0, f"--margin {train.margin}: expected a margin > 0"),
+        (devices.strategy in STRATEGIES, f"unknown strategy {devices.strategy!r}: expected one of {', '.join(STRATEGIES)}"),
+        (batches.sampler in SAMPLERS, f"unknown sampler {batches.sampler!r}: expected one of {', '.join(SAMPLERS)}"),
+        (optimizer.schedule in SCHEDULES,
+         f"unknown schedule {optimizer.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
+        (loss.margin > 0, f"--margin {loss.margin}: expected a margin > 0"),
         (train.epochs >= 1, f"--epochs {train.epochs}: expected at least 1"),
-        (train.batch_size >= 2, f"--batch-size {train.batch_size}: expected at least 2"),
-        (train.learning_rate > 0, f"--learning-rate {train.learning_rate}: expected > 0"),
-        (train.images_per_class >= 2 or train.sampler != "pk",
-         f"--images-per-class {train.images_per_class}: expected K >= 2 so that every batch has positive pairs"),
-        (train.sampler != "pk" or train.classes_per_batch * train.images_per_class == train.batch_size,
-         (f"P×K sampler: --classes-per-batch {train.classes_per_batch} × --images-per-class {train.images_per_class} "
-          f"= {train.classes_per_batch * train.images_per_class} images, but --batch-size is {train.batch_size}; "
+        (batches.batch_size >= 2, f"--batch-size {batches.batch_size}: expected at least 2"),
+        (optimizer.learning_rate > 0, f"--learning-rate {optimizer.learning_rate}: expected > 0"),
+        (batches.images_per_class >= 2 or batches.sampler != "pk",
+         f"--images-per-class {batches.images_per_class}: expected K >= 2 so that every batch has positive pairs"),
+        (batches.sampler != "pk" or pk == batches.batch_size,
+         (f"P×K sampler: --classes-per-batch {batches.classes_per_batch} × --images-per-class "
+          f"{batches.images_per_class} = {pk} images, but --batch-size is {batches.batch_size}; "
           "expected P × K = batch size")),
-        (train.cpu_devices is None or train.cpu_devices >= 1, f"--cpu-devices {train.cpu_devices}: expected >= 1"),
+        (devices.cpu_devices is None or devices.cpu_devices >= 1, f"--cpu-devices {devices.cpu_devices}: expected >= 1"),
         (config.image.image_size >= 8, f"--image-size {config.image.image_size}: expected at least 8 pixels"),
         (train.seeds >= 1, f"--seeds {train.seeds}: expected at least 1"),
         (config.data.folds >= 1, f"--folds {config.data.folds}: expected at least 1 (1: the single default split)"),
         (config.data.fold is None or 0 <= config.data.fold < config.data.folds,
          f"--fold {config.data.fold}: expected a fold from 0 to {config.data.folds - 1} (--folds {config.data.folds})"),
-        (train.margin2 > 0, f"--margin2 {train.margin2}: expected a margin > 0"),
-        (train.scale is None or train.scale > 0, f"--scale {train.scale}: expected s > 0"),
+        (loss.margin2 > 0, f"--margin2 {loss.margin2}: expected a margin > 0"),
+        (loss.scale is None or loss.scale > 0, f"--scale {loss.scale}: expected s > 0"),
         *_pretrain_checks(config.pretrain),
     ]
     for ok, message in checks:
@@ -373,9 +288,29 @@ def config_from_args(experiment: str, profiles: dict, args: argparse.Namespace) 
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:
-    """The inverse of `ExperimentConfig.to_dict` (reads a run folder's config.yaml)."""
+    """The inverse of `ExperimentConfig.to_dict` (reads a run folder's config.yaml, also one written before the
+    training settings had sections of their own and the distances one vocabulary)."""
     top = {k: v for k, v in values.items() if k not in SECTIONS}
     config = ExperimentConfig(**top)
-    for section in SECTIONS:
-        _apply(getattr(config, section), values.get(section, {}), "config.yaml")
+    sections = {section: dict(values.get(section) or {}) for section in SECTIONS}
+    legacy = sections["train"]
+    if "distance_metric" in legacy:
+        legacy["distance"] = LEGACY_DISTANCES.get(legacy["distance_metric"], legacy.pop("distance_metric"))
+        legacy.pop("distance_metric", None)
+    for name in [name for name in legacy if SECTION_OF_SETTING.get(name, "train") != "train"]:
+        sections[SECTION_OF_SETTING[name]].setdefault(name, legacy.pop(name))
+    for section, settings in sections.items():
+        _apply(getattr(config, section), settings, "config.yaml")
     return config
+
+
+def comma_list(value: str | None, flag: str, choices, default=None) -> list[str]:
+    """The names of a comma-separated setting (`--losses semihard,arcface`) in order, once each, all from `choices`;
+    `default` (or every choice) when the setting is unset."""
+    if value is None:
+        return list(default if default is not None else choices)
+    names = list(dict.fromkeys(name.strip() for name in str(value).split(",") if name.strip()))
+    unknown = [name for name in names if name not in choices]
+    if not names or unknown:
+        raise ConfigError(f"{flag} {value!r}: expected comma-separated names from {', '.join(choices)}")
+    return names

@@ -19,6 +19,7 @@ from sigverify.distances import paired_distances_numpy
 from sigverify.errors import DataError
 
 PAIR_SETS = {"hard": hard_pairs, "easy": easy_pairs}
+BOOTSTRAP_RESAMPLES = 1000  # of the 95% intervals over test writers
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,6 @@ def accuracy_at_threshold(distances, same, threshold: float) -> float:
     true_accept_rate = accepted[same == 1].mean()
     true_reject_rate = (~accepted[same == 0]).mean()
     return float(0.5 * (true_accept_rate + true_reject_rate))
-
-
-def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
-    """Ink as signal, one flat vector per preprocessed uint8 image: the no-learning baseline (cosine on raw pixels)."""
-    return (255.0 - images.reshape(len(images), -1).astype(np.float32)) / 255.0
 
 
 def pair_distances(embeddings, pairs: pd.DataFrame, metric: str = "cosine") -> np.ndarray:

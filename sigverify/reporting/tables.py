@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sigverify.errors import DataError
-from sigverify.evaluate import WriterPairScores, bootstrap_intervals
+from sigverify.evaluation.metrics import BOOTSTRAP_RESAMPLES, WriterPairScores, bootstrap_intervals
 from sigverify.runs import write_text, writing
 
 PAIR_SCORES_FILE = "pair_scores.npz"
 PAIR_SETS = ("hard", "easy")
-BOOTSTRAP_RESAMPLES = 1000
 
 # Column -> where it is in metrics.json. "hard": genuine vs skilled forgery pairs; "easy": genuine vs random.
 RUN_COLUMNS = {
@@ -131,26 +131,31 @@ def summary_table(runs_by_group: dict[str, list[Path]], group_column: str, seed:
     return pd.DataFrame(summary_rows), runs[[group_column] + [c for c in runs.columns if c != group_column]]
 
 
-def _number(value, digits: int) -> str:
+def number_text(value, digits: int) -> str:
     return "—" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
 def summary_cell(row: pd.Series, column: str) -> str:
     """'mean ± std [low, high]' (std only with several runs, the interval where the column has one)."""
     digits = 0 if column == "train_seconds" else 3
-    text = _number(row[f"{column}_mean"], digits)
+    text = number_text(row[f"{column}_mean"], digits)
     if pd.notna(row[f"{column}_std"]):
-        text += f" ± {_number(row[f'{column}_std'], digits)}"
+        text += f" ± {number_text(row[f'{column}_std'], digits)}"
     if f"{column}_ci_low" in row and pd.notna(row[f"{column}_ci_low"]):
-        text += f" [{_number(row[f'{column}_ci_low'], 3)}, {_number(row[f'{column}_ci_high'], 3)}]"
+        text += f" [{number_text(row[f'{column}_ci_low'], 3)}, {number_text(row[f'{column}_ci_high'], 3)}]"
     return text
 
 
-def summary_markdown(summary: pd.DataFrame, group_column: str, columns: list[str]) -> str:
-    lines = ["| " + " | ".join([group_column, "runs"] + [HEADERS[c] for c in columns]) + " |",
-             "|" + "---|" * (len(columns) + 2)]
+def summary_markdown(summary: pd.DataFrame, group_column: str, columns: list[str],
+                     facts: dict[str, Callable[[pd.Series], str]] | None = None) -> str:
+    """One row per group: its name, its runs, the `facts` cells ({header: cell(row)}, e.g. a model's parameters), then
+    `summary_cell` of each column."""
+    facts = facts or {}
+    lines = ["| " + " | ".join([group_column, "runs", *facts] + [HEADERS[c] for c in columns]) + " |",
+             "|" + "---|" * (len(columns) + len(facts) + 2)]
     for _, row in summary.iterrows():
         lines.append("| " + " | ".join([str(row[group_column]), str(int(row["runs"]))]
+                                       + [cell(row) for cell in facts.values()]
                                        + [summary_cell(row, c) for c in columns]) + " |")
     return "\n".join(lines)
 
@@ -167,15 +172,25 @@ PROTOCOL_NOTE = (
 
 
 def write_summary_tables(folder: Path, summary: pd.DataFrame, runs: pd.DataFrame, group_column: str,
-                         title_lines: list[str]) -> str:
-    """table.csv (the summary), runs.csv (every run) and table.md (title, the verification table, the deployment
-    table, the note on what the cells are); returns the Markdown."""
+                         title_lines: list[str], facts: dict[str, Callable[[pd.Series], str]] | None = None) -> str:
+    """table.csv (the summary), runs.csv (every run) and table.md (title, the verification table with the `facts`
+    cells of `summary_markdown`, the deployment table, the note on what the cells are); returns the Markdown."""
     folder = Path(folder)
     write_text(folder / "table.csv", summary.to_csv(index=False, float_format="%.6g"))
     write_text(folder / "runs.csv", runs.to_csv(index=False, float_format="%.6g"))
-    markdown = "\n".join([*title_lines, "", summary_markdown(summary, group_column, VERIFICATION_COLUMNS), "",
+    markdown = "\n".join([*title_lines, "", summary_markdown(summary, group_column, VERIFICATION_COLUMNS, facts), "",
                           "Verification against enrolled references and writer identification:", "",
                           summary_markdown(summary, group_column, DEPLOYMENT_COLUMNS), "",
                           PROTOCOL_NOTE.format(resamples=BOOTSTRAP_RESAMPLES), ""])
     write_text(folder / "table.md", markdown)
     return markdown
+
+
+def describe_training(config) -> str:
+    """How the runs of a comparison trained, as a sentence of its table.md."""
+    train, batches, optimizer, data = config.train, config.batches, config.optimizer, config.data
+    splits = (f"{data.folds} writer-disjoint folds" if data.folds > 1 and data.fold is None
+              else "the default split" if data.folds == 1 else f"fold {data.fold} of {data.folds}")
+    return (f"{train.epochs} epochs, batch {batches.batch_size} ({batches.sampler} sampler), Adam "
+            f"{optimizer.learning_rate:g} with the {optimizer.schedule} schedule, on {splits} with seed(s) "
+            f"{train.seed}…{train.seed + train.seeds - 1}")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from sigverify.data.index import read_index
 from sigverify.data.pairs import verification_pairs
 from sigverify.data.splits import rows_of_writers, split_writers
-from sigverify.evaluate import evaluate_embeddings, raw_pixel_embeddings
-from sigverify.preprocess import PreprocessConfig, load_preprocessed_images
+from sigverify.data.preprocess import PreprocessConfig, load_preprocessed_images
+from sigverify.evaluation.metrics import evaluate_embeddings
 
 
 def raw_pixel_baseline(data_dir: str | os.PathLike, image_size: int = 128, binarize: bool = True,
@@ -28,3 +30,8 @@ def raw_pixel_baseline(data_dir: str | os.PathLike, image_size: int = 128, binar
     return {"image_size": image_size, "binarize": binarize, "writers": sorted(int(w) for w in writers),
             "n_pairs": metrics["n_pairs"],
             **{f"{name}_max_accuracy": (metrics[name] or {}).get("max_accuracy") for name in ("hard", "easy")}}
+
+
+def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
+    """Ink as signal, one flat vector per preprocessed uint8 image: the no-learning baseline (cosine on raw pixels)."""
+    return (255.0 - images.reshape(len(images), -1).astype(np.float32)) / 255.0

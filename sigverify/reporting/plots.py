@@ -397,3 +397,30 @@ def plot_accuracy_vs_size(
     axes.grid(True, which="major", alpha=0.3)
     axes.set_title(title)
     return _save(figure, path)
+
+
+def plot_accuracy_by_start(summary, frozen: dict[str, float], start_names: dict[str, str], post_best: float, path,
+                           title: str) -> Path:
+    """Bars: max accuracy on skilled forgeries after fine-tuning per start (mean ± std over runs); diamonds: the same
+    pretrained backbone's frozen features before fine-tuning; dashed line: the post's Small ResNet50 with ImageNet."""
+    starts = summary["start"].tolist()
+    means = summary["hard_max_accuracy_mean"].to_numpy(dtype=float)
+    stds = np.nan_to_num(summary["hard_max_accuracy_std"].to_numpy(dtype=float))
+    positions = np.arange(len(starts))
+    figure = _new_figure(max(5.0, 1.4 * len(starts) + 2), 4.5)
+    axes = figure.add_subplot()
+    axes.bar(positions, means, yerr=stds, capsize=5, color="tab:blue", alpha=0.8, label="fine-tuned (triplet)")
+    frozen_positions = [p for p, start in zip(positions, starts) if start in frozen]
+    if frozen_positions:
+        axes.scatter(frozen_positions, [frozen[starts[p]] for p in frozen_positions], marker="D", color="tab:orange",
+                     zorder=3, label="frozen pretrained features")
+    axes.axhline(post_best, color="tab:red", linestyle="--",
+                 label=f"post: Small ResNet50, ImageNet ({post_best:.3f})")
+    axes.axhline(0.5, color="grey", linewidth=0.8)
+    axes.set_xticks(positions, [start_names[start] for start in starts], rotation=15, ha="right")
+    axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    axes.set_ylim(0.4, 1.0)
+    axes.set_ylabel("max accuracy, skilled forgeries")
+    axes.set_title(title)
+    axes.legend(loc="upper left", fontsize="small")
+    return _save(figure, path)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from sigverify.errors import ConfigError
-from sigverify.preprocess import INK, PAPER
+from sigverify.data.preprocess import INK, PAPER
 
 FINE_TUNING_STRENGTH = 0.5  # `--augment` of the supervised experiments: half the largest changes
 INK_THRESHOLD = 128  # below: ink (preprocessed images are binarized, then resized, so stroke edges are grey)

@@ -1,0 +1,115 @@
+"""A dataset folder as an experiment uses it: read into an index, split into training and test writers, preprocessed
+(uint8 images, through the disk cache) and paired, checked for enough data before any training."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sigverify.data.index import read_index
+from sigverify.data.pairs import verification_pairs
+from sigverify.data.preprocess import PreprocessConfig, load_preprocessed_images
+from sigverify.data.splits import rows_of_writers, split_writers, writer_folds
+from sigverify.data.synthetic import generate_synthetic_dataset
+from sigverify.errors import ConfigError
+from sigverify.settings import ExperimentConfig, ImageSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SYNTHETIC_DIR = Path("data") / "synthetic"
+
+
+@dataclass
+class SplitData:
+    index: pd.DataFrame  # rows of this split's writers, positions 0..n-1
+    images: np.ndarray  # uint8 n×H×W, preprocessed
+    pairs: pd.DataFrame  # verification pairs, positions into `index`
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.index["label"].to_numpy()
+
+
+@dataclass
+class ExperimentData:
+    dataset: str
+    layout: str
+    train: SplitData
+    test: SplitData
+    train_writers: list[int]
+    test_writers: list[int]
+    skipped: list = field(default_factory=list)
+
+
+def resolve_data_dir(data: str | None) -> Path:
+    """The user's folder, or the embedded synthetic set (generated on first use)."""
+    if data:
+        path = Path(data)
+        if not path.is_dir():
+            raise ConfigError(f"--data {data}: no such folder; expected a dataset folder (CEDAR layout or one folder per writer)")
+        return path
+    if not (DEFAULT_SYNTHETIC_DIR / "full_org").is_dir():
+        log.info("generating the embedded synthetic signature set in %s (first use)", DEFAULT_SYNTHETIC_DIR)
+        generate_synthetic_dataset(DEFAULT_SYNTHETIC_DIR)
+    return DEFAULT_SYNTHETIC_DIR
+
+
+def check_enough_data(index: pd.DataFrame, data_dir: Path) -> None:
+    writers = index["writer"].unique()
+    if len(writers) < 2:
+        raise ConfigError(f"{data_dir}: {len(writers)} writer(s) found; expected at least two writers")
+    genuine_counts = index[index["genuine"]].groupby("writer").size().reindex(writers, fill_value=0)
+    too_few = genuine_counts[genuine_counts < 2]
+    if len(too_few):
+        raise ConfigError(f"{data_dir}: writer(s) {too_few.index.tolist()[:10]} have fewer than two genuine images; "
+                          "expected at least two per writer (a genuine pair)")
+
+
+def _first_samples(index: pd.DataFrame, max_samples: int | None) -> pd.DataFrame:
+    if not max_samples:
+        return index
+    rank = index.groupby(["writer", "genuine"])["sample"].rank(method="first")
+    return index[rank <= max_samples]
+
+
+def held_out_writers(writers, config: ExperimentConfig) -> tuple[list[int], list[int]]:
+    """(train writers, test writers): the default split, or with `--folds k` the fold `--fold` (0 if unset) of k
+    writer-disjoint folds (on CEDAR with k = 5, fold 0 is the post's split)."""
+    if config.data.folds > 1:
+        test_writers = writer_folds(writers, config.data.folds)[config.data.fold or 0]
+        return [int(w) for w in sorted(set(writers)) if w not in test_writers], test_writers
+    return split_writers(writers, seed=config.train.seed)
+
+
+def preprocessing_of(image: ImageSettings) -> PreprocessConfig:
+    """How the image settings turn a file into a model input."""
+    return PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect)
+
+
+def prepare_data(config: ExperimentConfig) -> ExperimentData:
+    """The dataset of `--data` (or the embedded synthetic set) read, split into training and test writers (`--folds`,
+    `--fold`), trimmed (`--max-writers`, `--max-samples`), preprocessed (through the disk cache) and paired."""
+    preprocess = preprocessing_of(config.image)
+    data_dir = resolve_data_dir(config.data.data)
+    index = read_index(data_dir, layout=config.data.layout, skip_bad=config.data.skip_bad_images)
+    check_enough_data(index, data_dir)
+    train_writers, test_writers = held_out_writers(index["writer"].unique(), config)
+    if config.data.max_writers:
+        train_writers = train_writers[: config.data.max_writers]
+        test_writers = test_writers[: config.data.max_writers]
+    index = _first_samples(index[index["writer"].isin(train_writers + test_writers)], config.data.max_samples)
+    images, kept, skipped = load_preprocessed_images(index["path"].tolist(), preprocess, config.data.cache_dir,
+                                                     skip_bad_images=config.data.skip_bad_images)
+    index = index[kept].reset_index(drop=True)
+    splits = {}
+    for name, writers in (("train", train_writers), ("test", test_writers)):
+        positions = np.flatnonzero(index["writer"].isin(writers).to_numpy())
+        split_index = rows_of_writers(index, writers)
+        splits[name] = SplitData(split_index, images[positions], verification_pairs(split_index))
+    dataset = "synthetic (embedded default)" if config.data.data is None else str(Path(config.data.data).resolve())
+    return ExperimentData(dataset=dataset, layout=index.attrs.get("layout", "unknown"), train=splits["train"],
+                          test=splits["test"], train_writers=train_writers, test_writers=test_writers, skipped=skipped)

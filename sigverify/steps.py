@@ -1,0 +1,80 @@
+"""The steps that several experiments share, each a composition of the stages (data → models and losses → training →
+evaluation → reporting): what an experiment has before its run folder exists, the feeds of its training and
+validation writers, and the online-mining training of an embedding model followed by its evaluation and run files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+
+from sigverify.data.augment import FINE_TUNING_STRENGTH, batch_augmenter
+from sigverify.data.prepare import ExperimentData, SplitData, prepare_data
+from sigverify.data.samplers import shuffled_batches, training_batches
+from sigverify.distances import scoring_distance
+from sigverify.evaluation.model import evaluate_model, reference_points
+from sigverify.losses import MarginSoftmaxLoss, count_positive_pairs, describe_loss
+from sigverify.reporting.run_files import training_facts, write_run_files
+from sigverify.runs import RunFolder
+from sigverify.settings import ExperimentConfig
+from sigverify.training.engine import LabelledBatches, TrainingEngine, TrainResult, make_engine, make_optimizer
+
+
+@dataclass
+class Prepared:
+    """What an experiment has before its run folder exists: the training engine (strategy or distribution, precision)
+    and the data."""
+
+    engine: TrainingEngine
+    data: ExperimentData
+
+
+def prepare_experiment(config: ExperimentConfig, check_settings: Callable[[], object] | None = None) -> Prepared:
+    """The engine first (logical CPU devices must be set before the backend starts), the experiment's own settings
+    check (`check_settings()`, raising ConfigError), then data and preprocessing: all before any run folder."""
+    engine = make_engine(config.devices)
+    if check_settings is not None:
+        check_settings()
+    return Prepared(engine, prepare_data(config))
+
+
+def labelled_feed(split: SplitData, config: ExperimentConfig) -> LabelledBatches:
+    """The training writers' images in the batches of `config.batches`, augmented with `--augment`."""
+    seed = config.train.seed
+    augment = (lambda epoch: batch_augmenter(seed, epoch, FINE_TUNING_STRENGTH)) if config.train.augment else None
+    return LabelledBatches(split.images, split.labels, training_batches(split.labels, config.batches, seed), augment)
+
+
+def validation_feed(split: SplitData, config: ExperimentConfig) -> LabelledBatches:
+    """The test writers' images in fixed batches (for the history plot and the best checkpoint only)."""
+    batches = shuffled_batches(len(split.labels), min(config.batches.batch_size, len(split.labels)), config.train.seed, 0)
+    return LabelledBatches(split.images, split.labels, lambda epoch: batches)
+
+
+def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepared,
+                     build_model: Callable[[], tuple[keras.Model, str, str]],
+                     build_loss: Callable[[object], keras.losses.Loss], loss_description: str | None = None) -> dict:
+    """Online-mining training of an embedding model on labelled images, then its evaluation and run files.
+
+    `build_model()` → (model, weights description, model description) and `build_loss(training labels)` → loss are
+    called inside the engine's scope (a loss may own variables). The loss description defaults to the loss's class and
+    settings."""
+    engine, data = prepared.engine, prepared.data
+    train_feed = labelled_feed(data.train, config)
+    with engine.scope():
+        model, weights_description, model_description = build_model()
+        loss = build_loss(data.train.labels)
+        optimizer = make_optimizer(config.optimizer, config.train.epochs, train_feed.steps())
+    references = reference_points(model, data)
+    classifies = isinstance(loss, MarginSoftmaxLoss)  # every batch teaches it: no positive pair is needed
+    # A margin-softmax loss has no class weights for the test writers' classes: it has no validation loss.
+    result: TrainResult = engine.fit(
+        run.path, model, loss, train_feed, config.train.epochs, optimizer,
+        validation=None if classifies else validation_feed(data.test, config),
+        batch_has_signal=None if classifies else lambda labels: count_positive_pairs(labels) > 0)
+    facts = training_facts(engine, model, weights_description, model_description,
+                           loss_description or describe_loss(loss), result, references)
+    # Margin-softmax losses train angles (cosines to class weights): they are scored by cosine distance.
+    distance = "cosine" if classifies else scoring_distance(config.loss.distance, l2_normalized=config.model.normalize)
+    return write_run_files(run, config, model, data, evaluate_model(model, data, distance), facts, result.history)
