@@ -54,7 +54,7 @@ def prepare(config):
         if config.model.unfreeze_from:
             validate_unfreeze_layer(config.model.backbone, config.model.unfreeze_from)
 
-    return prepare_experiment(config, check_settings)
+    return prepare_experiment(config, check_settings, labelled_batches=False)
 
 
 def train_and_evaluate(run, config, prepared):

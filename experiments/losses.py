@@ -77,7 +77,8 @@ def prepare(config):
         # the seeded initialisation of the first sub-run, so every loss starts from the same weights for a seed.
         resolve_weights(config.model.weights, config.model.backbone)
         for name in names:
-            loss_from_settings(with_loss(config, name).loss)
+            if name != "contrastive":  # a pair loss: train_on_pairs builds it
+                loss_from_settings(with_loss(config, name).loss)
 
     return prepare_experiment(config, check_settings)
 

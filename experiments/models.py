@@ -27,7 +27,13 @@ from sigverify.models.zoo import MODEL_ZOO, build_zoo_model, model_weights, vali
 from sigverify.protocol import run_repeats
 from sigverify.reporting import plots
 from sigverify.reporting.run_files import training_facts, write_run_files
-from sigverify.reporting.tables import describe_training, number_text, read_pair_scores, summary_table, write_summary_tables
+from sigverify.reporting.tables import (
+    describe_training,
+    number_text,
+    read_pair_scores,
+    summary_table,
+    write_summary_tables,
+)
 from sigverify.runs import writing
 from sigverify.settings import comma_list, with_base
 from sigverify.steps import Prepared, prepare_experiment, train_and_report

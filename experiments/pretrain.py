@@ -39,7 +39,8 @@ PROFILES = with_base(
 
 
 def prepare(config):
-    return prepare_pretraining(config, prepare_experiment(config, lambda: check_pretrain_settings(config)))
+    return prepare_pretraining(config, prepare_experiment(config, lambda: check_pretrain_settings(config),
+                                                          labelled_batches=False))
 
 
 if __name__ == "__main__":

@@ -15,24 +15,36 @@ from pathlib import Path
 
 import keras
 
-from sigverify.settings import ExperimentConfig, add_config_flags, config_from_args, config_from_dict
+from sigverify.data.preprocess import default_cache_dir
 from sigverify.errors import ConfigError, SigverifyError
-from sigverify.runs import CONFIG_FILE, RunFolder, check_resumable, write_yaml
+from sigverify.runs import CONFIG_FILE, STATUS_FILE, RunFolder, check_resumable, write_yaml
+from sigverify.settings import (
+    ExperimentConfig,
+    add_config_flags,
+    config_from_args,
+    config_from_dict,
+    contradicted_settings,
+)
 from sigverify.training.engine import CHECKPOINT_DIR
 
 log = logging.getLogger("sigverify")
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class Interrupted(BaseException):
     """SIGINT or SIGTERM during a run."""
 
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
 
 def _raise_interrupted(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
+    raise Interrupted(signum)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -56,11 +68,19 @@ def parse_config(experiment: str, profiles: dict, argv: list[str] | None, descri
 
 
 def _config_of_run(experiment: str, run_dir: str, args: argparse.Namespace) -> ExperimentConfig:
-    """A resumed run continues with the settings it was started with (its config.yaml)."""
+    """A resumed run continues with the settings it was started with (its config.yaml); flags that say otherwise are
+    refused, since they would be ignored."""
     import yaml
 
     run_path = check_resumable(run_dir, experiment)
-    config = config_from_dict(yaml.safe_load((run_path / CONFIG_FILE).read_text()))
+    try:
+        config = config_from_dict(yaml.safe_load((run_path / CONFIG_FILE).read_text()) or {})
+    except (yaml.YAMLError, TypeError, ConfigError) as error:
+        raise ConfigError(f"--resume {run_dir}: its {CONFIG_FILE} cannot be read as a run's settings ({error})") from None
+    contradicted = contradicted_settings(config, args)
+    if contradicted:
+        raise ConfigError(f"--resume {run_dir}: a resumed run keeps the settings it started with, and these differ: "
+                          f"{'; '.join(contradicted)}; expected them left out (or start a new run)")
     trained_on, backend = config.backend or "tensorflow", keras.backend.backend()
     if trained_on != backend:
         raise ConfigError(f"--resume {run_dir}: the run trained on the {trained_on} backend and this process runs "
@@ -75,17 +95,21 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
     """Parse the flags, `prepare(config)` everything that can fail on bad settings or input (strategy, model checks,
     data, preprocessing) before any run folder exists, then `body(run, config, prepared)` in a new or resumed run folder.
 
-    Exit codes: 0 done, 2 bad setting or input, 3 training failed (run marked failed), 130 interrupted (run marked
-    interrupted, resumable).
+    Exit codes: 0 done, 2 bad setting or input, 3 training failed (run marked failed), 130 (Ctrl-C) or 143 (SIGTERM)
+    interrupted (run marked interrupted, resumable). A bad setting found only once the run folder exists removes that
+    folder again when it was made by this process and holds no training yet: a refusal writes nothing.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     run = None
-    chief = True
+    chief, created = True, False
     stack = contextlib.ExitStack()
     try:
         config = parse_config(experiment, profiles, argv, description)
+        check_writable(Path(config.runs), "--runs")
+        cache = config.data.cache_dir
+        check_writable(Path(cache) if cache else default_cache_dir(), "--cache-dir" if cache else "SIGVERIFY_CACHE")
         seed_everything(config.train.seed, config.devices.deterministic)
         prepared = prepare(config)
         chief = _writes_run_folder(config, prepared)
@@ -95,7 +119,7 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
         elif config.resume:
             run = RunFolder.resume(config.resume, experiment)
         else:
-            run = RunFolder.create(config.runs, experiment)
+            run, created = RunFolder.create(config.runs, experiment), True
             write_yaml(run.file(CONFIG_FILE), config.to_dict())
         print(f"{'run' if chief else 'worker scratch'} folder: {run.path}", file=sys.stderr)
         metrics = body(run, config, prepared)
@@ -112,8 +136,11 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
                       f"  make {target} RESUME={run.path}   (or: --resume {run.path})", file=sys.stderr)
         else:
             print(f"\ninterrupted ({why}) before a run folder was made", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return why.exit_code
     except SigverifyError as error:
+        if run is not None and created and isinstance(error, ConfigError) and not _holds_training(run):
+            shutil.rmtree(run.path, ignore_errors=True)
+            run = None
         if run is not None:
             failed_on_input = isinstance(error, ConfigError)
             run.set_status("failed", str(error))
@@ -129,6 +156,22 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
         stack.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Refuse, before any work, a folder that cannot be created or written (a file in its place, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{option} {folder}: cannot create or write that folder ({error.strerror or error}); "
+                          "expected a writable folder") from None
+
+
+def _holds_training(run: RunFolder) -> bool:
+    """Whether a run folder holds anything of training (a checkpoint, a history, a finished sub-run)."""
+    return any(entry.name not in (CONFIG_FILE, STATUS_FILE) for entry in run.path.iterdir())
 
 
 def _writes_run_folder(config: ExperimentConfig, prepared) -> bool:

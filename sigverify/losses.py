@@ -546,17 +546,19 @@ def labelled_losses() -> list[str]:
 
 def loss_from_settings(settings, class_labels=(0, 1), embedding_dim: int = 256) -> keras.losses.Loss:
     """The loss `settings.loss` names (a `sigverify.settings.LossSettings`), with its settings: margin and distance
-    (triplet and quadruplet losses), margin2 (quadruplet), margin (contrastive), scale and softmax margin (margin-softmax
+    (triplet and quadruplet losses), margin2 (quadruplet), scale and softmax margin (margin-softmax
     losses, whose classes are `class_labels`, the training labels, and whose weights have `embedding_dim` rows). Called
-    with the default placeholder classes it checks the settings before any work."""
+    with the default placeholder classes it checks the settings before any work. The contrastive loss trains on pairs:
+    not here."""
     name = settings.loss
     if name not in LOSSES:
         raise ConfigError(f"--loss {name}: not known; expected one of {', '.join(labelled_losses())}")
     if name in SELF_SUPERVISED_LOSSES:
         raise ConfigError(f"--loss {name}: a self-supervised pretraining loss on two views of unlabelled images "
                           f"(make exp-pretrain); expected a loss on labelled batches: {', '.join(labelled_losses())}")
-    if name == "contrastive":
-        return ContrastiveLoss(margin=settings.margin)
+    if name == "contrastive":  # trains on verification pairs (exp-contrastive, exp-losses), not on labelled batches
+        raise ConfigError("--loss contrastive: a pair loss, trained on verification pairs by make exp-contrastive (or "
+                          f"in make exp-losses); expected a loss on labelled batches: {', '.join(labelled_losses())}")
     if issubclass(LOSSES[name], MarginSoftmaxLoss):
         params = {"embedding_dim": embedding_dim, "class_labels": sorted({int(c) for c in class_labels}),
                   "scale": settings.scale, "margin": settings.softmax_margin}

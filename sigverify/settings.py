@@ -1,4 +1,5 @@
-"""Experiment settings: one dataclass per concern, the run profiles, and the flags/YAML that fill them.
+"""Experiment settings: one dataclass per concern, and the flags/YAML that fill them (each experiment script holds its
+own profiles).
 
 Every field is a command-line flag (`--epochs 3`, `--no-binarize`, `--image-size 96`) of every experiment script, and the
 whole configuration is saved as `config.yaml` in each run folder.
@@ -16,6 +17,7 @@ import yaml
 from sigverify.errors import ConfigError
 
 PROFILES = ("smoke", "quick", "blog")
+MAX_IMAGE_SIZE = 1024
 STRATEGIES = ("auto", "cpu", "mirrored", "multiworker")
 SAMPLERS = ("shuffled", "pk")
 SCHEDULES = ("exponential", "epoch-exponential", "cosine", "constant")
@@ -168,19 +170,73 @@ def _field_type(cls, name):
     return args[0] if args else hint
 
 
+_KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _checked_value(cls, name: str, value, where: str):
+    """`value` as the type of the setting `name` of `cls` (an int is a valid float), or a ConfigError naming it."""
+    hint = typing.get_type_hints(cls)[name]
+    optional = type(None) in typing.get_args(hint)
+    kind = _field_type(cls, name)
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    flag = "--" + name.replace("_", "-")
+    raise ConfigError(f"{where}: {flag} {value!r}: expected {_KIND_WORDS.get(kind, kind.__name__)}"
+                      + (" or null" if optional else ""))
+
+
 def _apply(section_obj, values: dict, where: str) -> None:
     valid = {f.name for f in dataclasses.fields(section_obj)}
     for name, value in values.items():
         if name not in valid:
             raise ConfigError(f"{where}: unknown setting {name!r}; expected one of {sorted(valid)}")
-        setattr(section_obj, name, value)
+        setattr(section_obj, name, _checked_value(type(section_obj), name, value, where))
+
+
+# Settings that only some experiments use: set for another one they would be silently ignored, so they are refused.
+PRETRAINING_EXPERIMENTS = ("pretrain", "pretrain-compare")
+EXPERIMENTS_OF_SETTING = {
+    "unfreeze_from": ("contrastive",),
+    "zoo": ("models",),
+    "losses": ("losses",),
+    **{f.name: PRETRAINING_EXPERIMENTS for f in dataclasses.fields(PretrainSettings)},
+    "starts": ("pretrain-compare",),
+}
+# Settings an experiment fixes itself (its recipe), refused when given: (settings, what to use instead).
+FIXED_BY_EXPERIMENT = {
+    "contrastive": (("loss", "losses", "sampler", "classes_per_batch", "images_per_class", "cut_layer", "normalize",
+                     "distance"), "the post's Siamese recipe: frozen backbone, pairs, Euclidean distance"),
+    "models": (("loss", "backbone", "cut_layer", "normalize"), "each zoo model's own, and the semi-hard loss"),
+    "losses": (("loss",), "--losses names the losses compared"),
+    "pretrain": (("loss", "epochs", "batch_size", "sampler", "classes_per_batch", "images_per_class", "learning_rate",
+                  "schedule", "decay_steps", "decay_rate", "augment"),
+                 "pretraining has its own: --method, --pretrain-epochs, --pretrain-batch-size, --pretrain-learning-rate"),
+}
+
+
+def _check_used_by(experiment: str, overrides: dict) -> None:
+    for values in overrides.values():
+        for name in values:
+            flag = "--" + name.replace("_", "-")
+            users = EXPERIMENTS_OF_SETTING.get(name)
+            if users is not None and experiment not in users:
+                raise ConfigError(f"{flag}: a setting of {' and '.join(f'exp-{user}' for user in users)}; the "
+                                  f"{experiment} experiment does not use it: leave it out")
+            fixed, instead = FIXED_BY_EXPERIMENT.get(experiment, ((), ""))
+            if name in fixed:
+                raise ConfigError(f"{flag}: the {experiment} experiment sets it itself ({instead}); leave it out")
 
 
 def build_config(experiment: str, profile: str, profiles: dict, overrides: dict | None = None, **top) -> ExperimentConfig:
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)}")
     config = ExperimentConfig(experiment=experiment, profile=profile, **top)
-    for source, layer in (("profile " + profile, profiles.get(profile, {})), ("settings", overrides or {})):
+    _check_used_by(experiment, overrides or {})
+    for source, layer in (("profile " + profile, profiles.get(profile, {})), ("the settings given", overrides or {})):
         for section, values in layer.items():
             if section not in SECTIONS:
                 raise ConfigError(f"{source}: unknown section {section!r}; expected one of {sorted(SECTIONS)}")
@@ -216,6 +272,15 @@ def validate(config: ExperimentConfig) -> None:
          f"--fold {config.data.fold}: expected a fold from 0 to {config.data.folds - 1} (--folds {config.data.folds})"),
         (loss.margin2 > 0, f"--margin2 {loss.margin2}: expected a margin > 0"),
         (loss.scale is None or loss.scale > 0, f"--scale {loss.scale}: expected s > 0"),
+        (config.model.embedding_dim >= 1, f"--embedding-dim {config.model.embedding_dim}: expected at least 1"),
+        (config.image.image_size <= MAX_IMAGE_SIZE,
+         f"--image-size {config.image.image_size}: expected at most {MAX_IMAGE_SIZE} pixels (no backbone here needs "
+         "more; the post uses 224)"),
+        (config.data.max_writers is None or config.data.max_writers >= 1,
+         f"--max-writers {config.data.max_writers}: expected at least 1"),
+        (config.data.max_samples is None or config.data.max_samples >= 1,
+         f"--max-samples {config.data.max_samples}: expected at least 1"),
+        (config.report.gradcam_images >= 0, f"--gradcam-images {config.report.gradcam_images}: expected 0 or more"),
         *_pretrain_checks(config.pretrain),
     ]
     for ok, message in checks:
@@ -244,7 +309,7 @@ def _pretrain_checks(pretrain: PretrainSettings) -> list[tuple[bool, str]]:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per dataclass field (`--name-with-dashes`); booleans get `--x/--no-x`. Defaults are None so that only
     what the user sets overrides the profile."""
-    parser.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default quick)")
+    parser.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} (default quick)")
     parser.add_argument("--runs", default="runs", help="folder that receives run folders (default runs/)")
     parser.add_argument("--resume", default=None, help="an interrupted run folder to continue")
     parser.add_argument("--config", default=None,
@@ -273,9 +338,18 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {args.config}: expected a mapping of sections ({', '.join(SECTIONS)})")
         for section, values in loaded.items():
-            if section not in SECTIONS or not isinstance(values, dict):
+            if section not in SECTIONS:
                 raise ConfigError(f"--config {args.config}: unknown section {section!r}; expected one of {sorted(SECTIONS)}")
-            overrides.setdefault(section, {}).update(values)
+            if not isinstance(values, dict):
+                raise ConfigError(f"--config {args.config}: section {section!r} is {values!r}; expected a mapping of "
+                                  f"its settings (e.g. {section}: {{{dataclasses.fields(SECTIONS[section])[0].name}: ...}})")
+            fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
+            for name, value in values.items():
+                if name not in fields:
+                    raise ConfigError(f"--config {args.config}: unknown setting {name!r} in section {section!r}; "
+                                      f"expected one of {sorted(fields)}")
+                overrides.setdefault(section, {})[name] = _checked_value(SECTIONS[section], name, value,
+                                                                         f"--config {args.config}")
     for dest, value in vars(args).items():
         if "." in dest and value is not None:
             section, name = dest.split(".", 1)
@@ -284,7 +358,24 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(experiment: str, profiles: dict, args: argparse.Namespace) -> ExperimentConfig:
-    return build_config(experiment, args.profile, profiles, overrides_from_args(args), runs=args.runs, resume=args.resume)
+    return build_config(experiment, args.profile or "quick", profiles, overrides_from_args(args), runs=args.runs,
+                        resume=args.resume)
+
+
+def contradicted_settings(config: ExperimentConfig, args: argparse.Namespace) -> list[str]:
+    """The flags (and --config settings, and --profile) given with --resume that differ from the run's settings."""
+    contradicted = [f"--profile {args.profile} (the run: {config.profile})"] if args.profile not in (None,
+                                                                                                     config.profile) else []
+    for section, values in overrides_from_args(args).items():
+        for name, value in values.items():
+            recorded = getattr(getattr(config, section), name)
+            try:
+                given = _checked_value(SECTIONS[section], name, value, "--resume")
+            except ConfigError:
+                given = value
+            if given != recorded:
+                contradicted.append(f"--{name.replace('_', '-')} {value} (the run: {recorded})")
+    return contradicted
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:

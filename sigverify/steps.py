@@ -10,15 +10,18 @@ from dataclasses import dataclass
 import keras
 
 from sigverify.data.augment import FINE_TUNING_STRENGTH, batch_augmenter
-from sigverify.data.prepare import ExperimentData, SplitData, prepare_data
+from sigverify.data.prepare import ExperimentData, SplitData, prepare_data, test_writers_of_every_run
 from sigverify.data.samplers import shuffled_batches, training_batches
 from sigverify.distances import scoring_distance
 from sigverify.evaluation.model import evaluate_model, reference_points
+from sigverify.errors import ConfigError
 from sigverify.losses import MarginSoftmaxLoss, count_positive_pairs, describe_loss
+from sigverify.models.weights import pretraining_info
 from sigverify.reporting.run_files import training_facts, write_run_files
 from sigverify.runs import RunFolder
 from sigverify.settings import ExperimentConfig
-from sigverify.training.engine import LabelledBatches, TrainingEngine, TrainResult, make_engine, make_optimizer
+from sigverify.training import make_engine
+from sigverify.training.engine import LabelledBatches, TrainingEngine, TrainResult, make_optimizer
 
 
 @dataclass
@@ -30,13 +33,32 @@ class Prepared:
     data: ExperimentData
 
 
-def prepare_experiment(config: ExperimentConfig, check_settings: Callable[[], object] | None = None) -> Prepared:
+def prepare_experiment(config: ExperimentConfig, check_settings: Callable[[], object] | None = None,
+                       labelled_batches: bool = True) -> Prepared:
     """The engine first (logical CPU devices must be set before the backend starts), the experiment's own settings
-    check (`check_settings()`, raising ConfigError), then data and preprocessing: all before any run folder."""
+    check (`check_settings()`, raising ConfigError), then data and preprocessing, and (`labelled_batches`) whether the
+    sampler can draw its batches from the training images: all before any run folder."""
     engine = make_engine(config.devices)
     if check_settings is not None:
         check_settings()
-    return Prepared(engine, prepare_data(config))
+    data = prepare_data(config)
+    check_start_saw_no_test_writer(config, data)
+    if labelled_batches:
+        labelled_feed(data.train, config).steps()
+    return Prepared(engine, data)
+
+
+def check_start_saw_no_test_writer(config: ExperimentConfig, data: ExperimentData) -> None:
+    """Refuse a start (`--weights <pretraining run>`) whose pretraining learnt from writers that a run of these settings
+    tests on (self-supervised pretraining on another split's training writers, say)."""
+    info = pretraining_info(config.model.weights, config.model.backbone)
+    if info is None or info.get("dataset") != data.dataset:
+        return
+    seen = sorted(set(info.get("dataset_writers") or []) & test_writers_of_every_run(data, config))
+    if seen:
+        raise ConfigError(f"--weights {config.model.weights}: that pretraining learnt from writers {seen[:10]} of "
+                          f"{data.dataset}, which these settings test on; expected a start that never saw a test writer "
+                          "(pretrain on this split's training writers, on synthetic writers, or on another folder)")
 
 
 def labelled_feed(split: SplitData, config: ExperimentConfig) -> LabelledBatches:

@@ -42,3 +42,17 @@ def run_experiment_script(script: str, *args, cwd: Path, env_extra: dict | None 
     env = dict(os.environ, SIGVERIFY_CACHE=str(Path(cwd) / "cache"), TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
     return subprocess.run([sys.executable, str(REPO / "experiments" / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def load_recipe(name: str):
+    """The experiment script `experiments/<name>.py` as a module (its PROFILES, prepare, ...), importable the way the
+    script itself imports its neighbours."""
+    import importlib.util
+
+    experiments = str(REPO / "experiments")
+    if experiments not in sys.path:
+        sys.path.insert(0, experiments)
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -22,11 +22,11 @@ def pairwise_distances_oracle(embeddings, metric):
     for i, j in itertools.product(range(batch_size), repeat=2):
         if i == j:
             continue
-        if metric == "L2":
+        if metric == "euclidean":
             distances[i, j] = math.sqrt(np.sum((embeddings[i] - embeddings[j]) ** 2))
-        elif metric == "squared-L2":
+        elif metric == "squared-euclidean":
             distances[i, j] = np.sum((embeddings[i] - embeddings[j]) ** 2)
-        elif metric == "angular":
+        elif metric == "cosine":
             norms = max(np.linalg.norm(embeddings[i]) * np.linalg.norm(embeddings[j]), 1e-12)
             distances[i, j] = max(1.0 - embeddings[i] @ embeddings[j] / norms, 0.0)
         else:
@@ -80,7 +80,7 @@ def contrastive_loss_oracle(pair_distances, similar, margin):
     return float(np.mean(pair_losses))
 
 
-def naive_tiled_semihard_loss(labels, embeddings, margin=1.0, distance_metric="L2"):
+def naive_tiled_semihard_loss(labels, embeddings, margin=1.0, distance_metric="euclidean"):
     """tfa's triplet_semihard_loss, transcribed op by op into keras.ops: it tiles a B²×B tensor."""
     labels = ops.reshape(labels, (-1, 1))
     embeddings = ops.cast(embeddings, "float32")

@@ -148,30 +148,36 @@ def test_bad_input_is_refused(signature):
 def test_feeds_augment_each_batch_reproducibly(signature):
     """`--augment` in the tf.data feed: the batch's images change, the labels do not, and the same (seed, epoch) gives
     the same batches however tf.data's threads interleave; the two-view feed gives two different views per image."""
-    from sigverify.data.feed import image_batches, view_pair_batches
+    from sigverify.training.engine import LabelledBatches, ViewBatches
+    from sigverify.training.tf_data import labelled_dataset, view_dataset
 
     images = np.stack([signature, signature[:, ::-1], signature[::-1], np.roll(signature, 9, axis=1)])
     labels = np.array([3, 3, 5, 5])
     batches = np.array([[0, 1], [2, 3], [1, 2]])
 
-    def feed(augment):
-        return [(x.numpy(), y.numpy()) for x, y in image_batches(images, labels, batches, "none", augment=augment)]
+    def feed(augment_of_epoch):
+        batches_feed = LabelledBatches(images, labels, lambda epoch: batches, augment_of_epoch=augment_of_epoch)
+        return [(x.numpy(), y.numpy()) for x, y in labelled_dataset(batches_feed, epoch=0)]
+
+    def augmenter(epoch):
+        return batch_augmenter(seed=1, epoch=epoch, strength=1.0)
 
     plain = feed(None)
-    augmented = feed(batch_augmenter(seed=1, epoch=0, strength=1.0))
+    augmented = feed(augmenter)
     assert [y.tolist() for _, y in augmented] == [y.tolist() for _, y in plain] == [[3, 3], [5, 5], [3, 5]]
-    assert all(x.shape == (2, 64, 96, 3) and x.dtype == np.float32 for x, _ in augmented)
+    assert all(x.shape == (2, 64, 96) and x.dtype == np.uint8 for x, _ in augmented)
     assert not any(np.array_equal(a, p) for (a, _), (p, _) in zip(augmented, plain))
-    for (first, _), (second, _) in zip(augmented, feed(batch_augmenter(seed=1, epoch=0, strength=1.0))):
+    for (first, _), (second, _) in zip(augmented, feed(augmenter)):
         np.testing.assert_array_equal(first, second)
     # Batch 2 holds images 1 and 2: augmented with batch 2's draws, so it matches the NumPy augmenter on that batch.
     expected = batch_augmenter(seed=1, epoch=0, strength=1.0)(images[[1, 2]], 2)
-    np.testing.assert_allclose(augmented[2][0][..., 0], expected / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(augmented[2][0], expected)
 
     two_views = view_pair_augmenter(seed=1, epoch=0, strength=1.0)
-    for batch_number, ((first_views, second_views), targets) in enumerate(
-            view_pair_batches(images, batches, "none", two_views)):
-        assert first_views.shape == second_views.shape == (2, 64, 96, 3) and targets.numpy().tolist() == [0, 0]
+    views_feed = ViewBatches(images, lambda epoch: batches,
+                             lambda epoch: view_pair_augmenter(seed=1, epoch=epoch, strength=1.0))
+    for batch_number, ((first_views, second_views), targets) in enumerate(view_dataset(views_feed, epoch=0)):
+        assert first_views.shape == second_views.shape == (2, 64, 96) and targets.numpy().tolist() == [0, 0]
         expected_first, expected_second = two_views(images[batches[batch_number]], batch_number)
-        np.testing.assert_allclose(first_views.numpy()[..., 0], expected_first / 255.0, atol=1e-6)
-        np.testing.assert_allclose(second_views.numpy()[..., 0], expected_second / 255.0, atol=1e-6)
+        np.testing.assert_array_equal(first_views.numpy(), expected_first)
+        np.testing.assert_array_equal(second_views.numpy(), expected_second)

@@ -1,6 +1,8 @@
 """Every Keras 3 backend: the backend-neutral modules import without TensorFlow under JAX, the loss oracle and model
 tests pass under JAX (and PyTorch when it is installed), a JAX triplet run writes the same run folder as a TensorFlow
-run and resumes, and the GPU benchmark runs on a CPU at a small size."""
+run and resumes, the JAX engine trains what the TensorFlow engine trains (augmented batches, pair feeds for the
+contrastive baseline, SimCLR pretraining; MoCo refused in one line) with feeds that deliver the tf.data pipelines'
+batches, and the GPU benchmark runs on a CPU at a small size."""
 
 import importlib.util
 import json
@@ -34,9 +36,16 @@ BACKEND_SUBSET = [
     "test_embedding_stays_float32_under_mixed_precision",
 ]
 
-NEUTRAL_MODULES = ["sigverify.distances", "sigverify.losses", "sigverify.models", "sigverify.evaluate",
-                   "sigverify.plots", "sigverify.explain", "sigverify.report", "sigverify.data.samplers",
-                   "sigverify.pipeline", "sigverify.experiment", "sigverify.train_keras", "sigverify.bench_gpu"]
+NEUTRAL_MODULES = ["sigverify.distances", "sigverify.losses", "sigverify.models.backbones", "sigverify.models.weights",
+                   "sigverify.models.embedding", "sigverify.models.zoo", "sigverify.models.siamese",
+                   "sigverify.models.inference", "sigverify.evaluation.metrics", "sigverify.evaluation.model",
+                   "sigverify.evaluation.baselines", "sigverify.reporting.plots", "sigverify.reporting.explain",
+                   "sigverify.reporting.report", "sigverify.reporting.run_files", "sigverify.data.samplers",
+                   "sigverify.data.augment", "sigverify.data.prepare", "sigverify.steps", "sigverify.experiment",
+                   "sigverify.training", "sigverify.training.engine", "sigverify.training.jax_engine",
+                   "sigverify.pretrain.run", "sigverify.bench_gpu"]
+# The experiment scripts the JAX engine trains: imported (not run) with TensorFlow unimportable.
+NEUTRAL_SCRIPTS = ["experiments/triplet.py", "experiments/contrastive.py", "experiments/pretrain.py"]
 
 # Files of a finished triplet run, whichever backend trained it.
 RUN_FILES = ["config.yaml", "metrics.json", "metrics.csv", "report.md", "model.keras", "embeddings.npz", "history.csv",
@@ -55,7 +64,8 @@ def test_neutral_modules_import_without_tensorflow_under_jax():
     code = ("import sys, runpy\n"
             f"for name in {NEUTRAL_MODULES!r}:\n"
             "    __import__(name)\n"
-            "runpy.run_path('experiments/triplet.py')\n"
+            f"for script in {NEUTRAL_SCRIPTS!r}:\n"
+            "    runpy.run_path(script)\n"
             "loaded = sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.'))\n"
             "print('keras backend', __import__('keras').backend.backend(), 'tensorflow modules', loaded)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -137,8 +147,9 @@ import json, sys
 from pathlib import Path
 import keras, numpy as np
 from sigverify.losses import TripletSemiHardLoss, count_positive_pairs
-from sigverify.train_common import NonFiniteLoss
-from sigverify.train_keras import LabelledImageBatches, OneDevice, fit_keras
+from sigverify.models.backbones import InputScaling
+from sigverify.training.engine import LabelledBatches, NonFiniteLoss
+from sigverify.training.jax_engine import FeedBatches, OneDevice, fit_keras
 
 run_dir = Path(sys.argv[1])
 rng = np.random.default_rng(0)
@@ -153,11 +164,12 @@ def batches_of_epoch(epoch):
 
 def train(epochs, loss=TripletSemiHardLoss(), folder=run_dir):
     with OneDevice("cpu:0").scope():
-        inputs = keras.Input((8, 8, 3), name="images")
-        outputs = keras.layers.Dense(4, name="embedding")(keras.layers.Flatten(name="flatten")(inputs))
+        inputs = keras.Input((8, 8), dtype="uint8", name="images")
+        scaled = InputScaling("caffe", name="input_scaling")(inputs)
+        outputs = keras.layers.Dense(4, name="embedding")(keras.layers.Flatten(name="flatten")(scaled))
         model = keras.Model(inputs, outputs, name="tiny")
-        data = LabelledImageBatches(images, labels, "resnet50", batches_of_epoch, workers=1)
-        validation = LabelledImageBatches(images, labels, "resnet50", lambda epoch: np.arange(24).reshape(3, 8), workers=1)
+        data = FeedBatches(LabelledBatches(images, labels, batches_of_epoch), workers=1)
+        validation = FeedBatches(LabelledBatches(images, labels, lambda epoch: np.arange(24).reshape(3, 8)), workers=1)
         return model, fit_keras(model, loss, keras.optimizers.Adam(1e-3), OneDevice("cpu:0"), folder, data, epochs,
                                 validation, batch_has_signal=lambda l: count_positive_pairs(l) > 0, verbose=0)
 
@@ -187,6 +199,114 @@ def test_fit_keras_resumes_from_the_last_checkpoint(tmp_path):
     assert result["seen"][:5] == [0, 0, 0, 1, 2]  # each call draws epoch 0 when it starts; then the epochs it trains
     assert result["stopped"].startswith("epoch 1, batch 1: the training loss is nan; stopped")
     assert result["lr"] == pytest.approx(1e-3) and result["uncompiled"]
+
+
+FEEDS_MATCH_TF_DATA = """
+import json
+import numpy as np
+from sigverify.data.augment import batch_augmenter, view_pair_augmenter
+from sigverify.training.engine import LabelledBatches, PairBatches, ViewBatches
+from sigverify.training.jax_engine import FeedBatches
+from sigverify.training.tf_data import dataset_of
+
+rng = np.random.default_rng(0)
+images = np.full((12, 16, 16), 255, np.uint8)  # white signatures with a block of ink, as augmentation expects
+images[:, 5:11, 3:13] = rng.integers(0, 120, (12, 6, 10))
+labels = np.repeat(np.arange(3), 4)
+batches = lambda epoch: np.random.default_rng(epoch).permutation(12).reshape(3, 4)
+first, second, same = rng.integers(0, 12, 10), rng.integers(0, 12, 10), rng.integers(0, 2, 10).astype(np.float32)
+pairs = lambda epoch: tuple(np.split(column, [4, 8]) for column in (first, second, same))
+feeds = {"labelled": LabelledBatches(images, labels, batches, lambda epoch: batch_augmenter(7, epoch, 1.0)),
+         "pairs": PairBatches(images, pairs),
+         "views": ViewBatches(images, batches, lambda epoch: view_pair_augmenter(7, epoch, 1.0))}
+
+def flat(element):
+    inputs, targets = element
+    inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+    return [np.asarray(x) for x in inputs] + [np.asarray(targets)]
+
+result = {}
+for name, feed in feeds.items():
+    jax_batches = FeedBatches(feed, workers=1)
+    jax_batches.start_epoch(1)
+    ours = [flat(jax_batches[step]) for step in range(len(jax_batches))]
+    theirs = [flat(element) for element in dataset_of(feed, 1).as_numpy_iterator()]
+    result[name] = {"steps": [len(ours), len(theirs)],
+                    "equal": len(ours) == len(theirs) and all(
+                        len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
+                        for a, b in zip(ours, theirs)),
+                    "augmented": bool(name == "pairs" or not np.array_equal(ours[0][0], images[batches(1)[0]]))}
+print(json.dumps(result))
+"""
+
+
+def test_jax_feeds_deliver_the_tf_data_batches():
+    """FeedBatches (the JAX engine's input) gives, batch for batch, what the TensorFlow engine's tf.data pipelines give
+    for the same feed: augmented labelled batches, pairs, and the two views of pretraining."""
+    done = subprocess.run([sys.executable, "-c", FEEDS_MATCH_TF_DATA], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=backend_env("jax", TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {name: {"steps": [3, 3], "equal": True, "augmented": True}
+                      for name in ("labelled", "pairs", "views")}, result
+
+
+def run_on_jax(script: str, workdir: Path, data: Path, *flags: str, without_tensorflow: bool = True):
+    """experiments/<script> on the JAX backend (TensorFlow unimportable unless asked), into workdir/runs."""
+    launcher = [sys.executable, "-c", WITHOUT_TENSORFLOW] if without_tensorflow else [sys.executable]
+    return subprocess.run([*launcher, str(REPO / "experiments" / script), *flags, "--data", str(data),
+                           "--runs", str(workdir / "runs")], cwd=workdir, capture_output=True, text=True, timeout=600,
+                          env=backend_env("jax", SIGVERIFY_CACHE=str(workdir / "cache"), TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def finished_run(workdir: Path, experiment: str) -> tuple[Path, dict]:
+    run_dir = (workdir / "runs" / experiment / "latest").resolve()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["environment"]["backend"] == "jax"
+    return run_dir, metrics
+
+
+def test_jax_trains_the_contrastive_baseline_on_pair_feeds(tiny_dataset, tmp_path):
+    done = run_on_jax("contrastive.py", tmp_path, tiny_dataset, "--profile", "smoke", "--weights", "none",
+                      "--epochs", "1")
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_dir, metrics = finished_run(tmp_path, "contrastive")
+    for pair_set in ("hard", "easy"):
+        assert 0.0 <= metrics[pair_set]["max_accuracy"] <= 1.0 and np.isfinite(metrics[pair_set]["eer"])
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,learning_rate,loss,val_loss" and len(history) == 2
+    assert all(np.isfinite(float(value)) for value in history[1].split(",")[2:])
+
+
+def test_jax_pretrains_with_simclr(tiny_dataset, tmp_path):
+    done = run_on_jax("pretrain.py", tmp_path, tiny_dataset, "--profile", "smoke", "--method", "simclr",
+                      "--pretrain-epochs", "1")
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_dir, _ = finished_run(tmp_path, "pretrain")
+    assert (run_dir / "backbone.weights.h5").is_file()
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and np.isfinite(float(history[1].split(",")[history[0].split(",").index("loss")]))
+
+
+def test_jax_refuses_moco_in_one_line(tiny_dataset, tmp_path):
+    done = run_on_jax("pretrain.py", tmp_path, tiny_dataset, "--profile", "smoke", "--method", "moco")
+    assert done.returncode == 2, done.stderr[-3000:]
+    message = [line for line in done.stderr.splitlines() if "--method moco" in line]
+    assert len(message) == 1 and "tensorflow" in message[0].lower(), done.stderr[-3000:]
+    assert not (tmp_path / "runs" / "pretrain").exists() or not any((tmp_path / "runs" / "pretrain").iterdir())
+
+
+def test_jax_trains_triplets_on_augmented_batches_and_writes_tensorboard(tiny_dataset, tmp_path):
+    """--augment on JAX (refused before the JAX engine took augmented feeds); TensorFlow is installed here, so Keras
+    writes tensorboard/ as the TensorFlow engine does."""
+    done = run_on_jax("triplet.py", tmp_path, tiny_dataset, "--profile", "smoke", "--weights", "none", "--augment",
+                      "--epochs", "1", "--gradcam-images", "0", without_tensorflow=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_dir, metrics = finished_run(tmp_path, "triplet")
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["augment"] is True
+    assert np.isfinite(metrics["hard"]["eer"])
+    assert any(path.is_file() for path in (run_dir / "tensorboard").rglob("*")), "tensorboard/ has event files"
 
 
 def test_bench_gpu_runs_on_the_cpu_at_a_small_size(tmp_path):

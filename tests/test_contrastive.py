@@ -9,8 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from sigverify.losses import ContrastiveLoss
-from sigverify.models import build_contrastive_embedding_model, build_siamese
-from sigverify.pipeline import cached_features
+from sigverify.models.embedding import build_contrastive_embedding_model
+from sigverify.models.inference import cached_features
+from sigverify.models.siamese import build_siamese
 from tests.conftest import make_synthetic_dataset, run_experiment_script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -18,10 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_cached_feature_path_equals_the_naive_siamese_path(tmp_path):
     keras.utils.set_random_seed(0)
-    embedding = build_contrastive_embedding_model("resnet50", (32, 32, 3), weights=None, embedding_dim=8, dropout=0.0)
+    embedding = build_contrastive_embedding_model("resnet50", 32, weights=None, embedding_dim=8, dropout=0.0)
     head, frozen = embedding.get_layer("contrastive_head"), embedding.get_layer("pretrained_resnet50")
     rng = np.random.default_rng(0)
-    images = rng.uniform(-120, 130, size=(6, 32, 32, 3)).astype("float32")
+    images = rng.integers(0, 256, size=(6, 32, 32), dtype=np.uint8)
     first, second = np.array([0, 1, 2, 3]), np.array([1, 2, 4, 5])
     same = np.array([1.0, 0.0, 1.0, 0.0], dtype="float32")
     loss_fn = ContrastiveLoss(margin=0.5)
@@ -48,10 +49,10 @@ def test_features_are_cached_on_disk(tmp_path, monkeypatch):
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(3)(inputs), name="tiny")
     data = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
-    first = cached_features(model, data, None, tmp_path)
+    first = cached_features(model, data, tmp_path)
     assert len(list((tmp_path / "features").glob("tiny-*.npy"))) == 1
     monkeypatch.setattr(model, "predict_on_batch", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
-    np.testing.assert_array_equal(cached_features(model, data, None, tmp_path), first)
+    np.testing.assert_array_equal(cached_features(model, data, tmp_path), first)
 
 
 def test_smoke_run_writes_the_run_folder(tmp_path):
@@ -67,4 +68,4 @@ def test_smoke_run_writes_the_run_folder(tmp_path):
     assert metrics["training_path"] == "cached backbone features"
     assert metrics["n_train_pairs"] == 4 * 15 * 3 and metrics["hard"]["max_accuracy"] >= 0.0
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
-    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 128)
+    assert model.input_shape == (None, 32, 32) and model.output_shape == (None, 128)

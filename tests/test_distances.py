@@ -5,12 +5,11 @@ import pytest
 from keras import ops
 
 from sigverify.distances import (
-    PAIRED_METRICS,
-    PAIRWISE_METRICS,
-    evaluation_metric_for,
+    METRICS,
     paired_distances,
     paired_distances_numpy,
     pairwise_distances,
+    scoring_distance,
 )
 from sigverify.errors import ConfigError
 from tests.metric_oracles import pairwise_distances_oracle, value_and_gradient
@@ -20,7 +19,7 @@ def random_embeddings(seed, batch_size, dim, dtype="float32"):
     return np.random.default_rng(seed).normal(size=(batch_size, dim)).astype(dtype)
 
 
-@pytest.mark.parametrize("metric", PAIRWISE_METRICS)
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("batch_size,dim", [(2, 2), (7, 3), (16, 8), (33, 16)])
 def test_pairwise_distances_match_loop(metric, batch_size, dim):
     embeddings = random_embeddings(batch_size * dim, batch_size, dim)
@@ -47,11 +46,11 @@ def test_callable_metric_is_used_as_is():
 
 
 def test_unknown_pairwise_metric_lists_the_valid_names():
-    with pytest.raises(ConfigError, match="L2.*squared-L2.*angular"):
-        pairwise_distances(random_embeddings(0, 3, 2), "cosine")
+    with pytest.raises(ConfigError, match="euclidean.*squared-euclidean.*cosine"):
+        pairwise_distances(random_embeddings(0, 3, 2), "angular")
 
 
-@pytest.mark.parametrize("metric", PAIRWISE_METRICS)
+@pytest.mark.parametrize("metric", METRICS)
 def test_gradient_is_finite_when_embeddings_coincide(metric):
     embeddings = random_embeddings(1, 4, 3)
     embeddings[1] = embeddings[0]
@@ -67,7 +66,7 @@ def test_gradient_is_finite_when_embeddings_coincide(metric):
     assert distances[0, 1] == pytest.approx(0.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("metric", PAIRED_METRICS)
+@pytest.mark.parametrize("metric", METRICS)
 def test_paired_distances_match_loop(metric):
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(2, 20, 6))
@@ -93,25 +92,25 @@ def test_paired_euclidean_gradient_is_finite_for_identical_rows():
 
 
 def test_unknown_paired_metric_lists_the_valid_names():
-    with pytest.raises(ConfigError, match="cosine.*euclidean.*squared-euclidean"):
+    with pytest.raises(ConfigError, match="euclidean.*squared-euclidean.*cosine"):
         paired_distances(np.ones((2, 2)), np.ones((2, 2)), "L2")
 
 
-@pytest.mark.parametrize("loss_metric", PAIRWISE_METRICS)
+@pytest.mark.parametrize("loss_metric", METRICS)
 def test_evaluation_metric_ranks_pairs_like_the_loss_metric(loss_metric):
     """On L2-normalized embeddings, the evaluation metric orders pairs as the training metric does."""
     embeddings = random_embeddings(5, 12, 8)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     rows, columns = np.triu_indices(12, k=1)
     training = ops.convert_to_numpy(pairwise_distances(embeddings, loss_metric))[rows, columns]
-    evaluation = paired_distances_numpy(embeddings[rows], embeddings[columns], evaluation_metric_for(loss_metric))
-    assert evaluation_metric_for(loss_metric) == "cosine"
+    evaluation = paired_distances_numpy(embeddings[rows], embeddings[columns], scoring_distance(loss_metric))
+    assert scoring_distance(loss_metric) == "cosine"
     np.testing.assert_array_equal(np.argsort(training), np.argsort(evaluation))
 
 
 def test_evaluation_metric_without_normalization_and_for_callables():
-    assert evaluation_metric_for("L2", l2_normalized=False) == "euclidean"
-    assert evaluation_metric_for("squared-L2", l2_normalized=False) == "squared-euclidean"
-    assert evaluation_metric_for("angular", l2_normalized=False) == "cosine"
-    with pytest.raises(ConfigError, match="choose the evaluation metric"):
-        evaluation_metric_for(lambda x: x)
+    assert scoring_distance("euclidean", l2_normalized=False) == "euclidean"
+    assert scoring_distance("squared-euclidean", l2_normalized=False) == "squared-euclidean"
+    assert scoring_distance("cosine", l2_normalized=False) == "cosine"
+    with pytest.raises(ConfigError, match="not known; expected one of euclidean, squared-euclidean, cosine"):
+        scoring_distance(lambda x: x)

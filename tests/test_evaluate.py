@@ -9,7 +9,7 @@ from sklearn.metrics import roc_curve
 
 from sigverify.data.pairs import verification_pairs
 from sigverify.errors import DataError
-from sigverify.evaluate import accuracy_at_threshold, evaluate_embeddings, verification_metrics
+from sigverify.evaluation.metrics import accuracy_at_threshold, evaluate_embeddings, verification_metrics
 
 
 def scalars(metrics: dict) -> dict:

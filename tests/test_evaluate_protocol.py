@@ -1,11 +1,12 @@
-"""The honest-protocol metrics of sigverify.evaluate on hand-made embeddings: verification against K enrolled
-references (mean and min distance), writer identification (precision@1, MAP@R), and bootstrap intervals over writers."""
+"""The honest-protocol metrics of sigverify.evaluation.metrics on hand-made embeddings: verification against K
+enrolled references (mean and min distance), writer identification (precision@1, MAP@R), and bootstrap intervals over
+writers."""
 
 import numpy as np
 import pytest
 
 from sigverify.distances import paired_distances_numpy
-from sigverify.evaluate import (
+from sigverify.evaluation.metrics import (
     WriterPairScores,
     all_pair_distances,
     bootstrap_intervals,

@@ -9,14 +9,21 @@ import pandas as pd
 import pytest
 import yaml
 
-from sigverify.config import LOSSES_PROFILES, TRIPLET_PROFILES, build_config
 from sigverify.data.splits import writer_folds
 from sigverify.errors import ConfigError
-from sigverify.pipeline import check_loss_settings, configured_loss, evaluate_and_report, prepare_experiment
+from sigverify.evaluation.model import evaluate_model
+from sigverify.losses import loss_from_settings
+from sigverify.models.backbones import InputScaling
 from sigverify.protocol import repeat_configs, run_repeats
+from sigverify.reporting.run_files import write_run_files
+from sigverify.reporting.tables import summary_table, write_summary_tables
 from sigverify.runs import RunFolder
-from sigverify.tables import summary_table, write_summary_tables
-from tests.conftest import run_experiment_script
+from sigverify.settings import build_config
+from sigverify.steps import prepare_experiment
+from tests.conftest import load_recipe, run_experiment_script
+
+LOSSES_PROFILES = load_recipe("losses").PROFILES
+TRIPLET_PROFILES = load_recipe("triplet").PROFILES
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +56,7 @@ def test_losses_run_writes_table_figure_and_sub_runs(losses_run):
         sub = run_dir / f"{loss}-fold1-seed0"
         assert json.loads((sub / "status.json").read_text())["status"] == "complete"
         config = yaml.safe_load((sub / "config.yaml").read_text())
-        assert (config["train"]["loss"], config["data"]["folds"], config["data"]["fold"]) == (loss, 2, 1)
+        assert (config["loss"]["loss"], config["data"]["folds"], config["data"]["fold"]) == (loss, 2, 1)
         metrics = json.loads((sub / "metrics.json").read_text())
         assert metrics["test_writers"] == expected_test_writers
         assert set(metrics["reference_k"]) == {"1", "5", "12"} and metrics["reference_k"]["12"] is None
@@ -75,18 +82,18 @@ def test_unknown_losses_are_refused_before_any_work(tiny_dataset, tmp_path):
 
 def test_configured_loss_follows_the_settings():
     config = build_config("triplet", "smoke", TRIPLET_PROFILES,
-                          {"train": {"loss": "sphereface", "scale": 12.0, "softmax_margin": 2}})
-    loss = configured_loss(config, class_labels=[7, 3, 7, 12])
+                          {"loss": {"loss": "sphereface", "scale": 12.0, "softmax_margin": 2}})
+    loss = loss_from_settings(config.loss, class_labels=[7, 3, 7, 12], embedding_dim=config.model.embedding_dim)
     assert (loss.scale, loss.margin, loss.class_labels) == (12.0, 2, [3, 7, 12])
     assert loss.class_weights.shape == (config.model.embedding_dim, 3)
-    config.train.loss, config.train.margin2 = "quadruplet", 0.25
-    assert configured_loss(config, [0, 1]).margin2 == 0.25
+    config.loss.loss, config.loss.margin2 = "quadruplet", 0.25
+    assert loss_from_settings(config.loss, [0, 1], config.model.embedding_dim).margin2 == 0.25
     for loss_name, settings, message in (("contrastive", {}, "pair loss"), ("nope", {}, "arcface"),
                                          ("sphereface", {"softmax_margin": 1.5}, "integer"),
                                          ("arcface", {"softmax_margin": 3.5}, "angle")):
-        config.train.loss, config.train.softmax_margin = loss_name, settings.get("softmax_margin")
+        config.loss.loss, config.loss.softmax_margin = loss_name, settings.get("softmax_margin")
         with pytest.raises(ConfigError, match=message):
-            check_loss_settings(config)
+            loss_from_settings(config.loss)
     with pytest.raises(ConfigError, match="--fold 2"):
         build_config("losses", "smoke", LOSSES_PROFILES, {"data": {"folds": 2, "fold": 2}})
 
@@ -104,9 +111,11 @@ def test_repeats_run_every_fold_and_seed_once_and_summarize(tiny_dataset, tmp_pa
     def body(sub, sub_config, sub_prepared):
         calls.append((sub.path.name, sub_prepared.data.test_writers))
         size = sub_config.image.image_size
-        model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.AveragePooling2D(8), keras.layers.Flatten(),
-                                  keras.layers.Dense(4)])
-        return evaluate_and_report(sub, sub_config, model, sub_prepared.data, {"train_seconds": 0.0}, history={})
+        model = keras.Sequential([keras.Input((size, size), dtype="uint8"), InputScaling("caffe"),
+                                  keras.layers.AveragePooling2D(8), keras.layers.Flatten(), keras.layers.Dense(4)])
+        evaluation = evaluate_model(model, sub_prepared.data, "cosine")
+        return write_run_files(sub, sub_config, model, sub_prepared.data, evaluation, {"train_seconds": 0.0},
+                               history={})
 
     run = RunFolder.create(tmp_path / "runs", "triplet")
     folders = run_repeats(run, config, prepared, body)

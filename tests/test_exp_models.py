@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from sigverify.models.zoo import MODEL_ZOO
 from sigverify.runs import RunFolder, read_status
+from sigverify.settings import comma_list
 from tests.conftest import run_experiment_script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,12 +74,10 @@ def test_smoke_run_writes_every_sub_run_the_table_and_the_figures(zoo_run):
     pretrained = yaml.safe_load((run_dir / "pretrained_resnet50-seed0" / "config.yaml").read_text())
     assert pretrained["train"]["epochs"] == 0
     assert json.loads((run_dir / "pretrained_resnet50-seed0" / "metrics.json").read_text())["distance"] == "cosine"
-    assert "| `base_cnn` |" in result.stdout, "the table is printed at the end"
+    assert "| base_cnn | 2 |" in result.stdout, "the table is printed at the end"
 
 
 def test_table_reports_mean_and_std_over_seeds_from_the_sub_runs(zoo_run):
-    from sigverify.models import MODEL_ZOO
-
     _, run_dir, _ = zoo_run
     table = pd.read_csv(run_dir / "table.csv")
     assert table["model"].tolist() == MODELS
@@ -95,22 +95,21 @@ def test_table_reports_mean_and_std_over_seeds_from_the_sub_runs(zoo_run):
         assert row["image_size"] == 32
     assert table.set_index("model").loc["smaller_resnet50", "cut_layer"] == "conv3_block4_add"
     markdown = (run_dir / "table.md").read_text()
-    rows = [line for line in markdown.splitlines() if line.startswith("| `")]
+    rows = [line for line in markdown.splitlines() if line.startswith(tuple(f"| {model} |" for model in MODELS))]
     assert len(rows) == len(MODELS) and all("±" in line for line in rows)
     assert "0.761 / 0.240" in markdown, "the post's figure beside ours"
 
 
 def test_one_run_per_model_gives_cells_without_spread():
-    from sigverify.config import MODELS_PROFILES, build_config
-    from sigverify.tables import RUN_COLUMNS
+    from sigverify.reporting.tables import RUN_COLUMNS, VERIFICATION_COLUMNS, summary_markdown
 
     models = load_models_script()
     row = {"model": "base_cnn", "description": "Base CNN (from scratch)", "cut_layer": "", "image_size": 32,
            "parameters": 1000, "file_mb": 1.0, "weights": "from scratch", "runs": 1, "post_max_accuracy": 0.68,
            "post_eer": 0.327, **{f"{column}_mean": 0.5 for column in RUN_COLUMNS},
            **{f"{column}_std": float("nan") for column in RUN_COLUMNS}}
-    markdown = models.table_markdown(pd.DataFrame([row]), build_config("models", "smoke", MODELS_PROFILES))
-    model_row = next(line for line in markdown.splitlines() if line.startswith("| `base_cnn`"))
+    markdown = summary_markdown(pd.DataFrame([row]), "model", VERIFICATION_COLUMNS, models.FACT_CELLS)
+    model_row = next(line for line in markdown.splitlines() if line.startswith("| base_cnn |"))
     assert "±" not in model_row and "| 0.500 |" in model_row and "0.680 / 0.327" in model_row
 
 
@@ -151,7 +150,7 @@ def test_resumed_run_keeps_finished_sub_runs_and_redoes_the_rest(zoo_run, tmp_pa
 def test_bad_model_choices_are_refused_before_any_work(args, message, tiny_dataset, tmp_path, capsys):
     models = load_models_script()
     argv = ["--profile", "smoke", "--data", str(tiny_dataset), "--runs", str(tmp_path / "runs"), *args]
-    assert models.run_experiment("models", models.MODELS_PROFILES, models.prepare, models.run_models, argv) == 2
+    assert models.run_experiment("models", models.PROFILES, models.prepare, models.run_models, argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], errors
     assert not (tmp_path / "runs").exists()
@@ -159,7 +158,7 @@ def test_bad_model_choices_are_refused_before_any_work(args, message, tiny_datas
 
 def test_default_models_and_their_image_sizes():
     models = load_models_script()
-    names = models.selected_models(None)
+    names = comma_list(None, "--zoo", list(MODEL_ZOO), default=models.TRAINED)
     assert "contrastive_resnet50" not in names
     assert {"pretrained_vgg16", "pretrained_resnet50", "base_cnn", "base_unet", "vgg16", "resnet50"} <= set(names)
     # the head needs 4×4 features at the cut: VGG16's block5_pool (/32) 128 px, ResNet50's conv5 (/32, its

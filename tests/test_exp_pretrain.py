@@ -17,14 +17,18 @@ import pandas as pd
 import pytest
 import yaml
 
-from sigverify.config import PRETRAIN_COMPARE_PROFILES, PRETRAIN_PROFILES, build_config
+from sigverify.data.prepare import held_out_writers
 from sigverify.errors import ConfigError
-from sigverify.models import build_cut_backbone, build_embedding_model, resolve_weights
-from sigverify.pipeline import held_out_writers
+from sigverify.models.embedding import build_embedding_model
+from sigverify.models.weights import build_cut_backbone, resolve_weights
 from sigverify.pretrain.compare import check_no_test_writer_is_pretrained_on, selected_starts
 from sigverify.pretrain.models import MomentumContrast
 from sigverify.pretrain.run import check_pretrain_settings
-from tests.conftest import run_experiment_script
+from sigverify.settings import build_config
+from tests.conftest import load_recipe, run_experiment_script
+
+PRETRAIN_PROFILES = load_recipe("pretrain").PROFILES
+PRETRAIN_COMPARE_PROFILES = load_recipe("pretrain_compare").PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,18 +79,18 @@ def test_exp_pretrain_writes_backbone_loss_curve_and_frozen_evaluation(moco_run)
 
 def test_pretrained_backbone_loads_into_the_triplet_model(moco_run):
     assert resolve_weights(str(moco_run), "resnet50")[1].startswith(f"pretrained by MoCo v2 in {moco_run}")
-    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32") * 50
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32), dtype=np.uint8)
     frozen_features = keras.saving.load_model(moco_run / "model.keras").predict_on_batch(images)
-    reloaded = build_cut_backbone("resnet50", "conv3_block4_add", (32, 32, 3), weights=str(moco_run))
+    reloaded = build_cut_backbone("resnet50", "conv3_block4_add", 32, weights=str(moco_run))
     np.testing.assert_allclose(reloaded.predict_on_batch(images).mean(axis=(1, 2)), frozen_features, atol=1e-4)
     # Into the post's deeper cut at another image size: the pretrained layers agree, the later ones start random.
-    model = build_embedding_model("resnet50", "conv4_block6_add", (64, 64, 3),
+    model = build_embedding_model("resnet50", "conv4_block6_add", 64,
                                   weights=str(moco_run / "backbone.weights.h5"))
-    larger = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype("float32") * 50
+    larger = np.random.default_rng(1).integers(0, 256, size=(2, 64, 64), dtype=np.uint8)
     pretrained_part = keras.Model(model.input, model.get_layer("conv3_block4_add").output).predict_on_batch(larger)
-    at_64 = build_cut_backbone("resnet50", "conv3_block4_add", (64, 64, 3), weights=str(moco_run))
+    at_64 = build_cut_backbone("resnet50", "conv3_block4_add", 64, weights=str(moco_run))
     np.testing.assert_allclose(pretrained_part, at_64.predict_on_batch(larger), atol=1e-4)
-    random_start = build_cut_backbone("resnet50", "conv3_block4_add", (64, 64, 3), weights=None)
+    random_start = build_cut_backbone("resnet50", "conv3_block4_add", 64, weights=None)
     assert np.abs(random_start.predict_on_batch(larger) - pretrained_part).max() > 1e-2
     with pytest.raises(ConfigError, match="pretrained a resnet50 backbone"):
         resolve_weights(str(moco_run), "vgg16")
@@ -109,12 +113,12 @@ def test_exp_pretrain_compare_writes_table_figure_and_sub_runs(compare_run, work
         assert json.loads((pretraining / "status.json").read_text())["status"] == "complete"
         assert (pretraining / "backbone.weights.h5").is_file() and (pretraining / "history.csv").is_file()
         config = yaml.safe_load((pretraining / "config.yaml").read_text())
-        assert (config["train"]["loss"], config["train"]["epochs"], config["model"]["weights"]) == (loss, 1, "none")
+        assert (config["loss"]["loss"], config["train"]["epochs"], config["model"]["weights"]) == (loss, 1, "none")
         fine_tuned = json.loads((run_dir / f"{method}-seed0" / "metrics.json").read_text())
         assert fine_tuned["weights"].startswith(f"pretrained by {'SimCLR' if method == 'simclr' else 'triplet'}")
         assert str(pretraining) in fine_tuned["weights"]
         fine_tuned_config = yaml.safe_load((run_dir / f"{method}-seed0" / "config.yaml").read_text())
-        assert fine_tuned_config["train"]["augment"] is True and fine_tuned_config["train"]["loss"] == "semihard"
+        assert fine_tuned_config["train"]["augment"] is True and fine_tuned_config["loss"]["loss"] == "semihard"
     synthetic = json.loads((run_dir / "pretrain-synthetic" / "backbone.json").read_text())
     assert synthetic["n_images"] == 6 * 4 * 2  # the smoke profile's 6 synthetic writers × (4 genuine + 4 forged)
     assert (workdir / "data" / "synthetic-pretraining" / "6w-4s-seed1000" / "SYNTHETIC.json").is_file()
@@ -162,11 +166,10 @@ CROSS_REPLICA_SCRIPT = textwrap.dedent("""
     import keras
     import numpy as np
     import tensorflow as tf
-    from sigverify.distribute import split_cpu
+    from sigverify.training.tf_engine import split_cpu
     split_cpu(2)
     from sigverify.losses import NTXentLoss
-    from sigverify.pretrain.distributed import CrossReplicaViews
-    from sigverify.train import Trainer
+    from sigverify.training.tf_engine import CrossReplicaViews, Trainer
 
     rng = np.random.default_rng(0)
     first, second = rng.normal(size=(2, 8, 5)).astype("float32")
@@ -261,19 +264,19 @@ def test_unlabelled_sources(tmp_path, monkeypatch):
                             {"pretrain": pretrain, "data": {"cache_dir": str(tmp_path / "cache")}})
 
     train_images = np.zeros((5, 32, 32), np.uint8)
-    from_folder = pretraining_images(config(unlabelled=str(folder)), train_images, "a dataset", 2)
+    from_folder = pretraining_images(config(unlabelled=str(folder)), train_images, "a dataset", [1, 2])
     assert from_folder.images.shape == (3, 32, 32) and from_folder.labels is None
     assert str(folder) in from_folder.description
-    from_train = pretraining_images(config(), train_images, "a dataset", 2)
+    from_train = pretraining_images(config(), train_images, "a dataset", [1, 2])
     assert from_train.images is train_images and "2 training writers of a dataset" in from_train.description
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files"):
-        pretraining_images(config(unlabelled=str(tmp_path / "empty")), train_images, "a dataset", 2)
+        pretraining_images(config(unlabelled=str(tmp_path / "empty")), train_images, "a dataset", [1, 2])
 
     synthetic = pretraining_images(config(unlabelled="synthetic", synthetic_writers=2, synthetic_samples=4),
-                                   train_images, "a dataset", 2)
+                                   train_images, "a dataset", [1, 2])
     assert synthetic.images.shape == (16, 32, 32) and synthetic.labels is None
     labelled = pretraining_images(config(method="synthetic", synthetic_writers=2, synthetic_samples=4), train_images,
-                                  "a dataset", 2)
+                                  "a dataset", [1, 2])
     assert sorted(np.unique(labelled.labels).tolist()) == [1, 2, 3, 4]  # genuine w, skilled forgeries w + 2
     assert (tmp_path / "data" / "synthetic-pretraining" / "2w-4s-seed1000" / "full_forg").is_dir()

@@ -33,7 +33,7 @@ def manhattan_distances(embeddings):
     return ops.sum(ops.abs(ops.expand_dims(embeddings, 1) - ops.expand_dims(embeddings, 0)), axis=-1)
 
 
-METRICS = ["L2", "squared-L2", "angular", manhattan_distances]
+METRICS = ["euclidean", "squared-euclidean", "cosine", manhattan_distances]
 
 # (batch size, embedding dim, number of classes): few classes leave anchors without negatives,
 # many leave anchors (or the whole batch) without positives.
@@ -83,7 +83,7 @@ def test_golden_value():
 @pytest.mark.parametrize("batch_size,dim,num_classes", BATCH_SHAPES)
 def test_semihard_matches_loop_oracle(batch_size, dim, num_classes, metric):
     labels, embeddings = random_batch(batch_size, dim, num_classes, seed=batch_size * 100 + dim)
-    margin = 0.2 if metric == "angular" else 1.0
+    margin = 0.2 if metric == "cosine" else 1.0
     loss = TripletSemiHardLoss(margin=margin, distance_metric=metric)
     value = to_float(loss(labels_in_shape(labels, batch_size % 2), embeddings))
     # The oracle picks negatives on our distance matrix, so that rounding cannot flip a choice.
@@ -91,7 +91,7 @@ def test_semihard_matches_loop_oracle(batch_size, dim, num_classes, metric):
     assert value == pytest.approx(semihard_loss_oracle(oracle_distances(embeddings, metric), labels, margin), rel=1e-4)
 
 
-@pytest.mark.parametrize("metric", ["L2", "squared-L2"])
+@pytest.mark.parametrize("metric", ["euclidean", "squared-euclidean"])
 @pytest.mark.parametrize("seed", range(4))
 def test_semihard_with_exact_ties_matches_loop_oracle(metric, seed):
     """Embeddings on a small integer grid give many exactly equal distances, where "D[a,n] > D[a,p]" matters."""
@@ -127,7 +127,7 @@ def test_semihard_computes_half_precision_inputs_in_float32(batch_size, dim, num
     rounded = ops.convert_to_numpy(ops.cast(half_embeddings, "float32"))
     reference = to_float(TripletSemiHardLoss()(labels, rounded))
     assert to_float(TripletSemiHardLoss()(labels, half_embeddings)) == reference
-    assert reference == pytest.approx(semihard_loss_oracle(our_distances(rounded, "L2"), labels, 1.0), rel=1e-5)
+    assert reference == pytest.approx(semihard_loss_oracle(our_distances(rounded, "euclidean"), labels, 1.0), rel=1e-5)
     # A loss whose dtype is half precision still computes in float32 and only rounds the result.
     half_loss = TripletSemiHardLoss(dtype=half_dtype)(labels, half_embeddings)
     assert keras.backend.standardize_dtype(half_loss.dtype) == half_dtype
@@ -150,7 +150,7 @@ def test_count_positive_pairs_counts_ordered_pairs():
     assert int(ops.convert_to_numpy(count_positive_pairs(np.array([[3], [3], [3]])))) == 6
 
 
-@pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
+@pytest.mark.parametrize("metric", ["euclidean", "squared-euclidean", "cosine"])
 @pytest.mark.parametrize("batch_size,dim,num_classes,seed", [(4, 2, 2, 0), (10, 3, 3, 1), (16, 5, 4, 2), (16, 8, 1, 3)])
 def test_semihard_value_and_gradient_match_tiled_tfa_formulation(batch_size, dim, num_classes, seed, metric):
     labels, embeddings = random_batch(batch_size, dim, num_classes, seed=seed)
@@ -219,7 +219,7 @@ def test_hard_computes_half_precision_inputs_in_float32(batch_size, dim, num_cla
     assert keras.backend.standardize_dtype(value.dtype) == "float32"  # the loss's dtype (floatx), not the input's
     # Distances and mining are done in float32 on the half-rounded inputs, so the oracle on those inputs agrees to
     # float32 accuracy (as in test_hard_matches_loop_oracle); a half-precision computation would be off by ~1e-3.
-    expected = hard_loss_oracle(pairwise_distances_oracle(rounded, "L2"), labels, 0.7, soft)
+    expected = hard_loss_oracle(pairwise_distances_oracle(rounded, "euclidean"), labels, 0.7, soft)
     assert to_float(value) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     reference = to_float(loss(labels, rounded))
     assert to_float(value) == reference
@@ -280,8 +280,8 @@ def test_contrastive_half_precision_inputs_match_loop_oracle(pairs, column, half
     # and agree with the oracle on the rounded inputs to float32 accuracy (half precision would be off by ~1e-3).
     assert keras.backend.standardize_dtype(value.dtype) == "float32"
     assert to_float(value) == pytest.approx(expected, rel=1e-5)
-    # A ContrastiveLoss whose dtype is half precision returns that dtype and, unlike the triplet losses, computes each
-    # pair's loss in it (no float32 upcast; the sum accumulates in float32 on TF and JAX): within a few half ulps.
+    # A ContrastiveLoss whose dtype is half precision returns that dtype; it computes the mean in float32 on the
+    # half-rounded inputs and only rounds the result, so it is within a few half ulps of the oracle.
     half_value = ContrastiveLoss(margin=0.8, dtype=half_dtype)(labels_in_shape(similar, column), half_distances)
     assert keras.backend.standardize_dtype(half_value.dtype) == half_dtype
     assert to_float(half_value) == pytest.approx(expected, rel=4 * HALF_EPSILON[half_dtype])
@@ -292,7 +292,7 @@ def test_contrastive_half_precision_inputs_match_loop_oracle(pairs, column, half
 
 @pytest.mark.parametrize(
     "loss",
-    [TripletSemiHardLoss(margin=0.3, distance_metric="angular"), TripletHardLoss(soft=True),
+    [TripletSemiHardLoss(margin=0.3, distance_metric="cosine"), TripletHardLoss(soft=True),
      TripletSemiHardLoss(distance_metric=manhattan_distances), ContrastiveLoss(margin=0.5)],
     ids=lambda loss: type(loss).__name__,
 )
@@ -307,9 +307,9 @@ def test_losses_round_trip_through_keras_serialization(loss):
 
 
 def test_get_loss_by_name():
-    semihard = get_loss("semihard", margin=0.5, distance_metric="squared-L2")
+    semihard = get_loss("semihard", margin=0.5, distance_metric="squared-euclidean")
     assert isinstance(semihard, TripletSemiHardLoss)
-    assert (semihard.margin, semihard.distance_metric) == (0.5, "squared-L2")
+    assert (semihard.margin, semihard.distance_metric) == (0.5, "squared-euclidean")
     assert get_loss("hard", soft=True).soft
     assert get_loss("contrastive", margin=0.5).margin == 0.5
 
@@ -319,8 +319,8 @@ def test_get_loss_rejects_unknown_names_and_parameters():
         get_loss("triplet")
     with pytest.raises(ConfigError, match="does not take soft"):
         get_loss("semihard", soft=True)
-    with pytest.raises(ConfigError, match="L2, squared-L2, angular"):
-        get_loss("semihard", distance_metric="cosine")
+    with pytest.raises(ConfigError, match="euclidean, squared-euclidean, cosine"):
+        get_loss("semihard", distance_metric="angular")
 
 
 @pytest.mark.parametrize("loss", [TripletSemiHardLoss(), TripletHardLoss()], ids=lambda loss: type(loss).__name__)

@@ -83,7 +83,7 @@ def margin_softmax_oracle(kind, embeddings, class_weights, labels, class_labels,
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
+@pytest.mark.parametrize("metric", ["euclidean", "squared-euclidean", "cosine"])
 @pytest.mark.parametrize("batch_size,dim,num_classes", BATCH_SHAPES)
 def test_quadruplet_matches_loop_oracle(batch_size, dim, num_classes, metric, dtype):
     labels, embeddings = random_batch(batch_size, dim, num_classes, seed=batch_size * dim, dtype=dtype)
@@ -108,7 +108,7 @@ def test_quadruplet_closest_pair_avoids_the_anchors_class_when_the_batch_minimum
     # of classes 2 and 3 (distance 0.3), those of class 1 the same, those of class 2 or 3 the global pair (0.1).
     embeddings = np.array([[0.0], [0.0], [0.1], [0.1], [2.0], [2.0], [2.3], [2.3]], dtype="float32")
     labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
-    expected = quadruplet_loss_oracle(pairwise_distances_oracle(embeddings, "L2"), labels, 0.1, 1.0)
+    expected = quadruplet_loss_oracle(pairwise_distances_oracle(embeddings, "euclidean"), labels, 0.1, 1.0)
     # anchors 0-3: max(0, 0 - 0.3 + 1) = 0.7; anchors 4-7: max(0, 0 - 0.1 + 1) = 0.9; term 1 is 0 everywhere
     assert expected == pytest.approx((4 * 0.7 + 4 * 0.9) / 8)
     assert to_float(QuadrupletLoss(margin=0.1, margin2=1.0)(labels, embeddings)) == pytest.approx(expected, rel=1e-5)
@@ -220,7 +220,7 @@ def test_margin_softmax_losses_round_trip_and_come_by_name(name):
 
 
 def test_quadruplet_round_trips_and_comes_by_name():
-    loss = get_loss("quadruplet", margin=0.7, margin2=0.2, distance_metric="angular")
+    loss = get_loss("quadruplet", margin=0.7, margin2=0.2, distance_metric="cosine")
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
     assert type(restored) is QuadrupletLoss and (restored.margin, restored.margin2) == (0.7, 0.2)
 
@@ -242,7 +242,7 @@ def train_with_class_weights(run_dir, epochs, loss_seed=0):
     """A small dense embedding trained with ArcFace by the Trainer: 3 separable classes labelled 10, 20, 30."""
     import tensorflow as tf
 
-    from sigverify.train import Trainer
+    from sigverify.training.tf_engine import Trainer
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 6)) * 3

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from sigverify.config import TRIPLET_PROFILES, build_config
 from sigverify.errors import ConfigError
-from sigverify.losses import MoCoLoss, NTXentLoss, get_loss
-from sigverify.pipeline import check_loss_settings, labelled_losses
+from sigverify.losses import MoCoLoss, NTXentLoss, get_loss, labelled_losses, loss_from_settings
+from sigverify.settings import build_config
+from tests.conftest import load_recipe
 from tests.metric_oracles import value_and_gradient
 
 # (images N, embedding dim D): N = 1 leaves each row its partner as the only other row.
@@ -132,4 +132,5 @@ def test_registry_settings_and_refusals():
     # Labelled training refuses them: they take views, not labels.
     assert "ntxent" not in labelled_losses() and "moco" not in labelled_losses()
     with pytest.raises(ConfigError, match="self-supervised"):
-        check_loss_settings(build_config("triplet", "smoke", TRIPLET_PROFILES, {"train": {"loss": "ntxent"}}))
+        loss_from_settings(build_config("triplet", "smoke", load_recipe("triplet").PROFILES,
+                                        {"loss": {"loss": "ntxent"}}).loss)

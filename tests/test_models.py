@@ -1,30 +1,34 @@
 """Model builders: the post's exact parameter counts, setting errors, weights resolution, the contrastive head sharing its
-weights, safe .keras round trips, and Grad-CAM against a gradient worked out by hand."""
+weights, the input scaling inside every model, safe .keras round trips, and Grad-CAM against a gradient worked out by
+hand."""
 
 import keras
 import numpy as np
 import pytest
 
 from sigverify.errors import ConfigError
-from sigverify.models import (
-    MODEL_ZOO,
+from sigverify.models import weights as weights_module
+from sigverify.models.backbones import InputScaling, to_backbone_input, validate_model_settings
+from sigverify.models.embedding import (
     build_base_cnn,
     build_base_unet,
     build_contrastive_embedding_model,
     build_contrastive_head,
     build_embedding_model,
     build_pretrained_baseline,
-    build_zoo_model,
-    resolve_weights,
-    validate_model_settings,
-    validate_zoo_model,
 )
-from sigverify.models import embedding as embedding_module
+from sigverify.models.weights import resolve_weights
+from sigverify.models.zoo import MODEL_ZOO, build_zoo_model, validate_zoo_model
 
 
 def embed(model, images):
     """An eager call: quicker than predict for a couple of tiny images (no graph tracing)."""
     return keras.ops.convert_to_numpy(model(images, training=False))
+
+
+def signatures(seed, n, height, width=None):
+    """Random preprocessed signatures as every model takes them: uint8 N×H×W."""
+    return np.random.default_rng(seed).integers(0, 256, size=(n, height, width or height), dtype=np.uint8)
 
 
 @pytest.mark.parametrize(
@@ -38,16 +42,16 @@ def embed(model, images):
     ],
 )
 def test_parameter_count_matches_the_post(backbone, cut_layer, expected):
-    model = build_embedding_model(backbone, cut_layer, (224, 224, 3), weights=None)
+    model = build_embedding_model(backbone, cut_layer, 224, weights=None)
     assert model.count_params() == expected
     assert model.output.shape == (None, 256)
 
 
 @pytest.mark.parametrize("builder, reported", [(build_base_cnn, 1_680_000), (build_base_unet, 1_290_000)])
 def test_base_model_parameter_count_within_five_percent(builder, reported):
-    assert abs(builder((224, 224, 3)).count_params() / reported - 1) <= 0.05
-    small = builder((64, 64, 3))
-    embeddings = embed(small, np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32"))
+    assert abs(builder(224).count_params() / reported - 1) <= 0.05
+    small = builder(64)
+    embeddings = embed(small, signatures(0, 2, 64))
     assert embeddings.shape == (2, 256)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
@@ -60,7 +64,7 @@ def test_unknown_cut_layer_error_lists_valid_layers():
     assert "conv3_block{1-4}_{1_conv,2_conv,3_conv,add,out}" in message and "conv1_conv" in message
     assert len(message) < 800
     with pytest.raises(ConfigError, match=r"block\{1-5\}_\{conv1,conv2,pool\}, block\{3-5\}_conv3"):
-        build_embedding_model("vgg16", "block6_pool", (64, 64, 3))
+        build_embedding_model("vgg16", "block6_pool", 64)
 
 
 def test_unknown_backbone_error_lists_valid_ones():
@@ -77,11 +81,11 @@ def test_too_small_image_error_gives_the_minimum_size():
         with pytest.raises(ConfigError, match="at least 49×49"):
             validate_model_settings("resnet50", "conv4_block6_add", size)
     with pytest.raises(ConfigError, match="at least 49×49"):
-        build_embedding_model("resnet50", "conv4_block6_add", (224, 48, 3))
+        build_embedding_model("resnet50", "conv4_block6_add", (224, 48))
     with pytest.raises(ConfigError, match="at least 128×128"):
         validate_zoo_model("vgg16", 127)
     with pytest.raises(ConfigError, match="at least 32×32"):
-        build_base_cnn((31, 64, 3))
+        build_base_cnn((31, 64))
 
 
 def test_missing_weights_file_error_names_the_path(tmp_path):
@@ -89,7 +93,7 @@ def test_missing_weights_file_error_names_the_path(tmp_path):
     with pytest.raises(ConfigError, match="absent.weights.h5"):
         resolve_weights(str(missing), "resnet50")
     with pytest.raises(ConfigError, match="absent.weights.h5"):
-        build_embedding_model("vgg16", "block3_conv1", (32, 32, 3), weights=str(missing))
+        build_embedding_model("vgg16", "block3_conv1", 32, weights=str(missing))
 
 
 def test_local_weights_file_is_loaded_into_the_backbone(tmp_path):
@@ -97,14 +101,14 @@ def test_local_weights_file_is_loaded_into_the_backbone(tmp_path):
     backbone = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     path = tmp_path / "vgg16.weights.h5"
     backbone.save_weights(path)
-    model = build_embedding_model("vgg16", "block2_conv1", (32, 32, 3), weights=str(path))
+    model = build_embedding_model("vgg16", "block2_conv1", 32, weights=str(path))
     np.testing.assert_array_equal(model.get_layer("block2_conv1").kernel.numpy(),
                                   backbone.get_layer("block2_conv1").kernel.numpy())
     assert resolve_weights(str(path), "vgg16") == (str(path), f"weights file {path}")
     not_weights = tmp_path / "notes.weights.h5"
     not_weights.write_text("not an HDF5 file")
     with pytest.raises(ConfigError, match="notes.weights.h5' could not be loaded into vgg16"):
-        build_embedding_model("vgg16", "block2_conv1", (32, 32, 3), weights=str(not_weights))
+        build_embedding_model("vgg16", "block2_conv1", 32, weights=str(not_weights))
 
 
 def test_auto_weights_fall_back_to_random_when_imagenet_cannot_be_fetched(monkeypatch):
@@ -112,7 +116,7 @@ def test_auto_weights_fall_back_to_random_when_imagenet_cannot_be_fetched(monkey
         raise OSError("URL fetch failure on https://example.invalid/vgg16.h5: None -- no network")
 
     monkeypatch.setattr(keras.src.utils.file_utils, "get_file", offline)
-    embedding_module._imagenet_download_error.cache_clear()
+    weights_module._imagenet_download_error.cache_clear()
     try:
         with pytest.warns(UserWarning, match="random initialisation"):
             weights, description = resolve_weights("auto", "vgg16")
@@ -122,17 +126,17 @@ def test_auto_weights_fall_back_to_random_when_imagenet_cannot_be_fetched(monkey
         with pytest.raises(ConfigError, match="could not be loaded"):
             resolve_weights("imagenet", "vgg16")
     finally:
-        embedding_module._imagenet_download_error.cache_clear()
+        weights_module._imagenet_download_error.cache_clear()
     assert resolve_weights("none", "vgg16") == (None, "random initialisation (weights: none)")
     assert resolve_weights(None, "resnet50")[0] is None
 
 
 def test_contrastive_model_shares_its_head_with_the_feature_model():
     keras.utils.set_random_seed(2)
-    images = np.random.default_rng(2).normal(size=(3, 32, 32, 3)).astype("float32")
+    images = signatures(2, 3, 32)
     head = build_contrastive_head(feature_dim=512)
     head.get_layer("batch_norm").moving_mean.assign(np.full(128, 0.3, "float32"))
-    model = build_contrastive_embedding_model("vgg16", (32, 32, 3), head=head)
+    model = build_contrastive_embedding_model("vgg16", 32, head=head)
     assert model.get_layer("contrastive_head") is head
     assert len(model.trainable_weights) == len(head.trainable_weights) == 6  # the backbone is frozen
 
@@ -141,26 +145,49 @@ def test_contrastive_model_shares_its_head_with_the_feature_model():
     np.testing.assert_allclose(embed(model, images), through_head, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(through_head, axis=1), 1.0, atol=1e-5)
 
-    separate_features = build_pretrained_baseline("vgg16", (32, 32, 3))
+    separate_features = build_pretrained_baseline("vgg16", 32)
     assert separate_features.output.shape == (None, 512)
     with pytest.raises(ConfigError, match="takes 512 features but resnet50 gives 2048"):
-        build_contrastive_embedding_model("resnet50", (32, 32, 3), head=head)
+        build_contrastive_embedding_model("resnet50", 32, head=head)
 
 
 @pytest.mark.parametrize("name, size", [("smaller_resnet50", 64), ("base_unet", 36)])
 def test_saved_model_loads_in_safe_mode_with_the_same_output(tmp_path, name, size):
-    model = build_zoo_model(name, (size, size, 3))
-    images = np.random.default_rng(3).normal(size=(2, size, size, 3)).astype("float32")
+    model = build_zoo_model(name, size)
+    images = signatures(3, 2, size)
     path = tmp_path / f"{name}.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_allclose(embed(loaded, images), embed(model, images), atol=1e-5)
 
 
+def test_input_scaling_matches_the_numpy_reference_and_survives_a_safe_round_trip(tmp_path):
+    """InputScaling("caffe"/"unit") computes what to_backbone_input does, and an embedding model saved as model.keras
+    and loaded in safe mode (InputScaling is registered) gives the same embeddings for uint8 signatures."""
+    images = signatures(7, 3, 32, 40)
+    for scaling in ("caffe", "unit"):
+        scaled = keras.ops.convert_to_numpy(InputScaling(scaling)(images))
+        assert scaled.shape == (3, 32, 40, 3) and scaled.dtype == np.float32
+        np.testing.assert_allclose(scaled, to_backbone_input(images, scaling), atol=1e-5)
+    with pytest.raises(ConfigError, match="input scaling 'imagenet'"):
+        InputScaling("imagenet")
+
+    keras.utils.set_random_seed(7)
+    model = build_embedding_model("resnet50", "conv3_block4_add", (32, 40), weights=None)
+    assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 32, 40)
+    assert isinstance(model.get_layer("input_scaling"), InputScaling)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded.get_layer("input_scaling"), InputScaling)
+    assert loaded.get_layer("input_scaling").scaling == "caffe"
+    np.testing.assert_allclose(embed(loaded, images), embed(model, images), atol=1e-5)
+
+
 def test_nonorm_variant_has_no_l2_normalization():
     assert MODEL_ZOO["small_resnet50_nonorm"].normalize is False
-    images = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
-    normalized, nonorm = (build_embedding_model("resnet50", "conv3_block4_add", (32, 32, 3), normalize=normalize)
+    images = signatures(3, 2, 32)
+    normalized, nonorm = (build_embedding_model("resnet50", "conv3_block4_add", 32, normalize=normalize)
                           for normalize in (True, False))
     np.testing.assert_allclose(np.linalg.norm(embed(normalized, images), axis=1), 1.0, atol=1e-5)
     assert not np.allclose(np.linalg.norm(embed(nonorm, images), axis=1), 1.0, atol=1e-3)
@@ -170,7 +197,7 @@ def test_nonorm_variant_has_no_l2_normalization():
 def test_embedding_stays_float32_under_mixed_precision():
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     try:
-        model = build_base_cnn((32, 32, 3))
+        model = build_base_cnn(32)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     assert model.get_layer("stage1_1_conv").compute_dtype == "float16"
@@ -186,11 +213,11 @@ def test_zoo_lists_the_posts_results():
 
 
 def test_gradcam_gives_one_unit_range_map_per_layer_and_image():
-    from sigverify.explain import gradcam_heatmaps
+    from sigverify.reporting.explain import gradcam_heatmaps
 
     keras.utils.set_random_seed(4)
-    model = build_zoo_model("smaller_resnet50", (64, 64, 3))
-    images = np.random.default_rng(4).uniform(-100, 100, size=(2, 64, 64, 3)).astype("float32")
+    model = build_zoo_model("smaller_resnet50", 64)
+    images = signatures(4, 2, 64)
     layer_names, heatmaps = gradcam_heatmaps(model, images)
     assert layer_names == ["conv3_block4_2_conv", "conv3_block4_3_conv", "head_conv1", "head_conv2"]
     assert len(heatmaps) == 2 and all(len(row) == 4 for row in heatmaps)
@@ -203,10 +230,10 @@ def test_gradcam_gives_one_unit_range_map_per_layer_and_image():
 
 
 def test_model_still_saves_after_gradcam(tmp_path):
-    from sigverify.explain import gradcam_heatmaps
+    from sigverify.reporting.explain import gradcam_heatmaps
 
-    model = build_zoo_model("smaller_resnet50", (32, 32, 3))
-    images = np.random.default_rng(6).normal(size=(2, 32, 32, 3)).astype("float32")
+    model = build_zoo_model("smaller_resnet50", 32)
+    images = signatures(6, 2, 32)
     gradcam_heatmaps(model, images)
     model.save(tmp_path / "after_gradcam.keras")
     loaded = keras.saving.load_model(tmp_path / "after_gradcam.keras", safe_mode=True)
@@ -215,7 +242,7 @@ def test_model_still_saves_after_gradcam(tmp_path):
 
 
 def test_gradcam_matches_the_gradient_worked_out_by_hand():
-    from sigverify.explain import gradcam_heatmaps
+    from sigverify.reporting.explain import gradcam_heatmaps
 
     keras.utils.set_random_seed(5)
     image = keras.Input((6, 5, 2))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from sigverify import plots
+from sigverify.reporting import plots
 from sigverify.errors import DataError
 
 
@@ -84,7 +84,7 @@ def test_distance_density_overlay(tmp_path):
 
 
 def test_roc_has_two_panels(tmp_path):
-    from sigverify.evaluate import verification_metrics
+    from sigverify.evaluation.metrics import verification_metrics
 
     metrics = verification_metrics(*fake_pair_distances())
     roc = metrics["roc"]

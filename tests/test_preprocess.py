@@ -1,19 +1,19 @@
-"""Preprocessing: Otsu removes the paper shade, sizes and modes, the backbone input matches keras.applications, the
-tf.data feed computes the same numbers, and the disk cache means a second run decodes no image."""
+"""Preprocessing: Otsu removes the paper shade, sizes and modes, the model's input scaling matches keras.applications,
+the tf.data feed gives the same numbers, and the disk cache means a second run decodes no image."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from sigverify import preprocess
-from sigverify.errors import ConfigError, DataError
+from sigverify.data import preprocess
 from sigverify.data.preprocess import (
     PreprocessConfig,
     binarize_otsu,
     load_preprocessed_images,
     preprocess_grey,
-    to_backbone_input,
 )
+from sigverify.errors import ConfigError, DataError
+from sigverify.models.backbones import InputScaling, get_backbone, to_backbone_input
 
 
 def signature_on_paper(paper_shade: int, height=60, width=120) -> np.ndarray:
@@ -42,25 +42,43 @@ def test_too_small_size_is_refused():
 
 
 def test_backbone_input_matches_keras_applications():
+    """The model's own first layer, InputScaling, gives ResNet50 what keras.applications.resnet.preprocess_input gives
+    for the grey image repeated to three channels."""
     import keras
 
-    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
-    ours = to_backbone_input(images, "resnet50")
+    from sigverify.models.embedding import build_embedding_model
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32), dtype=np.uint8)
+    model = build_embedding_model("resnet50", "conv3_block4_add", 32, weights=None)
+    scaling = model.get_layer("input_scaling")
+    assert isinstance(scaling, InputScaling) and scaling.scaling == get_backbone("resnet50").input_scaling
+    ours = keras.ops.convert_to_numpy(keras.Model(model.input, scaling.output)(images))
     rgb = np.repeat(images[..., None], 3, axis=-1).astype(np.float32)
     expected = keras.ops.convert_to_numpy(keras.applications.resnet.preprocess_input(rgb))
     np.testing.assert_allclose(ours, expected, atol=1e-4)
     with pytest.raises(ConfigError, match="unknown backbone"):
+        get_backbone("inception")
+    with pytest.raises(ConfigError, match="input scaling 'inception'"):
         to_backbone_input(images, "inception")
 
 
 def test_tf_feed_gives_the_same_numbers_as_numpy():
-    from sigverify.data.feed import image_batches
+    """The tf.data feed passes the uint8 images as they are (the model scales them), so scaled in the model they are
+    the NumPy reference's numbers."""
+    import keras
+
+    from sigverify.training.engine import LabelledBatches
+    from sigverify.training.tf_data import labelled_dataset
 
     images = np.random.default_rng(1).integers(0, 256, (6, 8, 8), dtype=np.uint8)
     labels = np.array([0, 0, 1, 1, 2, 2])
     batches = np.array([[0, 1, 2], [3, 4, 5]])
-    fed = [(x.numpy(), y.numpy()) for x, y in image_batches(images, labels, batches, "resnet50")]
-    np.testing.assert_allclose(fed[1][0], to_backbone_input(images[3:], "resnet50"), atol=1e-4)
+    feed = LabelledBatches(images, labels, lambda epoch: batches)
+    fed = [(x.numpy(), y.numpy()) for x, y in labelled_dataset(feed, epoch=0)]
+    assert fed[1][0].dtype == np.uint8
+    np.testing.assert_array_equal(fed[1][0], images[3:])
+    scaled = keras.ops.convert_to_numpy(InputScaling(get_backbone("resnet50").input_scaling)(fed[1][0]))
+    np.testing.assert_allclose(scaled, to_backbone_input(images[3:], "caffe"), atol=1e-4)
     np.testing.assert_array_equal(fed[1][1], labels[3:])
 
 

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sigverify.config import TrainSettings
-from sigverify.train import NonFiniteLoss, Trainer, learning_rate_schedule, make_optimizer, read_history
+from sigverify.settings import OptimizerSettings, TrainSettings
+from sigverify.training.engine import NonFiniteLoss, learning_rate_schedule, make_optimizer, read_history
+from sigverify.training.tf_engine import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
 STRATEGY_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, keras, tensorflow as tf
-    from sigverify.distribute import make_strategy
-    from sigverify.train import Trainer
+    from sigverify.training.tf_engine import Trainer, make_strategy
 
     def mean_squared_embedding(targets, outputs):  # a per-example mean: exact to compare across replica counts
         return keras.ops.mean(keras.ops.sum(outputs ** 2, axis=-1) * (1.0 + keras.ops.cast(targets, "float32")))
@@ -95,8 +95,9 @@ def test_non_finite_loss_stops_with_epoch_and_batch(tmp_path):
 
 
 def test_schedules():
-    exponential = learning_rate_schedule(TrainSettings(), steps_per_epoch=33)
+    exponential = learning_rate_schedule(OptimizerSettings(), TrainSettings().epochs, steps_per_epoch=33)
     assert float(exponential(4 * 33)) < 1e-5, "the post's decay stops learning by epoch 4"
-    cosine = learning_rate_schedule(TrainSettings(schedule="cosine", epochs=10), steps_per_epoch=10)
+    cosine = learning_rate_schedule(OptimizerSettings(schedule="cosine"), epochs=10, steps_per_epoch=10)
     assert float(cosine(50)) > 4e-4 and float(cosine(100)) == pytest.approx(5e-5)
-    assert make_optimizer(TrainSettings(schedule="constant"), 10).learning_rate.numpy() == pytest.approx(1e-3)
+    constant = make_optimizer(OptimizerSettings(schedule="constant"), TrainSettings().epochs, 10)
+    assert constant.learning_rate.numpy() == pytest.approx(1e-3)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from sigverify.errors import ConfigError
 from sigverify.data.preprocess import INK, PAPER
+from sigverify.errors import ConfigError
 
 FINE_TUNING_STRENGTH = 0.5  # `--augment` of the supervised experiments: half the largest changes
 INK_THRESHOLD = 128  # below: ink (preprocessed images are binarized, then resized, so stroke edges are grey)

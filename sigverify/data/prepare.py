@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class ExperimentData:
     train_writers: list[int]
     test_writers: list[int]
     skipped: list = field(default_factory=list)
+    dataset_writers: list[int] = field(default_factory=list)  # every writer of the dataset folder
 
 
 def resolve_data_dir(data: str | None) -> Path:
@@ -85,6 +87,43 @@ def held_out_writers(writers, config: ExperimentConfig) -> tuple[list[int], list
     return split_writers(writers, seed=config.train.seed)
 
 
+MIN_WRITERS_PER_SPLIT = 2  # a genuine–random pair takes another writer's signature
+
+
+def check_split_sizes(writers, config: ExperimentConfig) -> None:
+    """Refuse, before any training, a split that leaves fewer than two writers on a side (every fold's, with
+    `--folds`): its random-forgery pairs, and so half the report, could not exist."""
+    folds = range(config.data.folds) if config.data.folds > 1 else [None]
+    for fold in folds:
+        trial = copy.deepcopy(config)
+        trial.data.fold = fold
+        train_writers, test_writers = held_out_writers(writers, trial)
+        if config.data.max_writers:
+            train_writers, test_writers = train_writers[: config.data.max_writers], test_writers[: config.data.max_writers]
+        for side, chosen in (("training", train_writers), ("test", test_writers)):
+            if len(chosen) < MIN_WRITERS_PER_SPLIT:
+                where = f"fold {fold} of --folds {config.data.folds}" if fold is not None else "the split"
+                raise ConfigError(f"--data {config.data.data or 'synthetic'}: {where} has {len(chosen)} {side} "
+                                  f"writer(s) of {len(set(writers))}; expected at least {MIN_WRITERS_PER_SPLIT} (random-"
+                                  "forgery pairs take another writer's signature): use more writers, fewer --folds, or "
+                                  "a larger --max-writers")
+
+
+def test_writers_of_every_run(data: ExperimentData, config: ExperimentConfig) -> set[int]:
+    """The writers that any run of these settings tests on: every fold's (`--folds`), under every seed (`--seeds`; the
+    seed moves a non-CEDAR default split)."""
+    tested = set()
+    folds = [config.data.fold] if config.data.fold is not None else (range(config.data.folds) if config.data.folds > 1
+                                                                      else [None])
+    for fold in folds:
+        for seed in range(config.train.seed, config.train.seed + config.train.seeds):
+            trial = copy.deepcopy(config)
+            trial.data.fold, trial.train.seed = fold, seed
+            test_writers = held_out_writers(data.dataset_writers, trial)[1]
+            tested.update(test_writers[: config.data.max_writers] if config.data.max_writers else test_writers)
+    return tested
+
+
 def preprocessing_of(image: ImageSettings) -> PreprocessConfig:
     """How the image settings turn a file into a model input."""
     return PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect)
@@ -97,7 +136,9 @@ def prepare_data(config: ExperimentConfig) -> ExperimentData:
     data_dir = resolve_data_dir(config.data.data)
     index = read_index(data_dir, layout=config.data.layout, skip_bad=config.data.skip_bad_images)
     check_enough_data(index, data_dir)
-    train_writers, test_writers = held_out_writers(index["writer"].unique(), config)
+    all_writers = index["writer"].unique()
+    check_split_sizes(all_writers, config)
+    train_writers, test_writers = held_out_writers(all_writers, config)
     if config.data.max_writers:
         train_writers = train_writers[: config.data.max_writers]
         test_writers = test_writers[: config.data.max_writers]
@@ -112,4 +153,5 @@ def prepare_data(config: ExperimentConfig) -> ExperimentData:
         splits[name] = SplitData(split_index, images[positions], verification_pairs(split_index))
     dataset = "synthetic (embedded default)" if config.data.data is None else str(Path(config.data.data).resolve())
     return ExperimentData(dataset=dataset, layout=index.attrs.get("layout", "unknown"), train=splits["train"],
-                          test=splits["test"], train_writers=train_writers, test_writers=test_writers, skipped=skipped)
+                          test=splits["test"], train_writers=train_writers, test_writers=test_writers, skipped=skipped,
+                          dataset_writers=sorted(int(w) for w in all_writers))

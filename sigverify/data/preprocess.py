@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,6 +88,33 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SIGVERIFY_CACHE", Path.home() / ".cache" / "sigverify"))
 
 
+def _read_cache_entry(entry: Path, image_size_hw: tuple[int, int]) -> np.ndarray | None:
+    """A cached image, or None (after saying so) when the entry is damaged: truncated, not an array, or of another
+    shape or dtype. The caller then preprocesses the image again and the entry is rewritten."""
+    try:
+        array = np.load(entry, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        log.warning("cache entry %s is damaged (%s): rebuilding it", entry, str(error).splitlines()[0][:120])
+        return None
+    if array.dtype != np.uint8 or array.shape != tuple(image_size_hw):
+        log.warning("cache entry %s holds a %s %s array, expected uint8 %s: rebuilding it", entry, array.dtype,
+                    array.shape, tuple(image_size_hw))
+        return None
+    return array
+
+
+CACHE_ENTRY_OVERHEAD_BYTES = 128  # the .npy header
+
+
+def _check_cache_room(settings_dir: Path, n_images: int, image_size_hw: tuple[int, int]) -> None:
+    """Refuse, before writing any of it, a cache that the disk cannot hold (with a margin of a tenth)."""
+    needed = n_images * (image_size_hw[0] * image_size_hw[1] + CACHE_ENTRY_OVERHEAD_BYTES)
+    free = shutil.disk_usage(settings_dir).free
+    if needed * 1.1 > free:
+        raise DataError(f"{settings_dir}: the preprocessed images need about {needed / 2**30:.2f} GiB and the disk has "
+                        f"{free / 2**30:.2f} GiB free; expected a smaller --image-size or another SIGVERIFY_CACHE")
+
+
 def load_preprocessed_images(
     paths: list[str],
     config: PreprocessConfig,
@@ -118,11 +146,11 @@ def load_preprocessed_images(
             kept[position] = False
             continue
         entry = settings_dir / f"{key}.npy"
-        if entry.exists():
-            images.append(np.load(entry))
-        else:
-            images.append(None)
+        cached = _read_cache_entry(entry, config.image_size_hw) if entry.exists() else None
+        images.append(cached)
+        if cached is None:
             pending.append((len(images) - 1, position, path, entry))
+    _check_cache_room(settings_dir, len(pending), config.image_size_hw)
     bar = tqdm(pending, desc="preprocessing images", unit="img", disable=not progress or not pending, leave=False)
     drop = []
     for slot, position, path, entry in bar:

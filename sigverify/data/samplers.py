@@ -27,6 +27,12 @@ def check_pk(labels: np.ndarray, classes_per_batch: int, images_per_class: int) 
         raise ConfigError(f"P×K sampler: K={images_per_class} images per class; expected K >= 2 so every batch has positive pairs")
     counts = np.unique(labels, return_counts=True)[1]
     eligible = int((counts >= images_per_class).sum())
+    if eligible < 2:
+        raise ConfigError(
+            f"P×K sampler: --images-per-class {images_per_class}, but {eligible} class(es) of the training images have "
+            f"that many (the largest has {int(counts.max()) if len(counts) else 0}); expected --images-per-class at most "
+            f"{int(np.sort(counts)[-2]) if len(counts) > 1 else 0}, so that at least two classes can fill a batch"
+        )
     if classes_per_batch < 2 or classes_per_batch > eligible:
         raise ConfigError(
             f"P×K sampler: P={classes_per_batch} classes per batch; expected 2 <= P <= {eligible} "

@@ -10,8 +10,8 @@ import numpy as np
 
 from sigverify.data.index import read_index
 from sigverify.data.pairs import verification_pairs
-from sigverify.data.splits import rows_of_writers, split_writers
 from sigverify.data.preprocess import PreprocessConfig, load_preprocessed_images
+from sigverify.data.splits import rows_of_writers, split_writers
 from sigverify.evaluation.metrics import evaluate_embeddings
 
 

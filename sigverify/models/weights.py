@@ -84,6 +84,15 @@ def pretraining_run_info(folder: str | Path, backbone: str) -> dict:
     return info
 
 
+def pretraining_info(weights: str | None, backbone: str) -> dict | None:
+    """The record of the pretraining run that `weights` names (its backbone.json, checked), None for any other start."""
+    if weights is None or str(weights).lower() in ("none", "random", "auto", "imagenet"):
+        return None
+    path = Path(weights).expanduser()
+    folder = path if path.is_dir() else path.parent if path.name == PRETRAINED_WEIGHTS_FILE else None
+    return pretraining_run_info(folder, backbone) if folder is not None else None
+
+
 def build_backbone(backbone: str, image_size, weights: str | None) -> keras.Model:
     """The whole keras.applications backbone (include_top=False) behind the input scaling, from signatures (uint8
     H×W) to its last features, one flat graph, with `weights` (any form resolve_weights accepts)."""

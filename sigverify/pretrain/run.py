@@ -75,8 +75,8 @@ def as_pretraining_config(config: ExperimentConfig) -> ExperimentConfig:
 def check_pretrain_settings(config: ExperimentConfig) -> None:
     """What can be refused before any data is read: the backend, the cut, the method's own settings."""
     if config.pretrain.method == "moco" and keras.backend.backend() != "tensorflow":
-        raise ConfigError(f"--method moco: MoCo updates its queue and key encoder inside the model's call, which "
-                          f"Keras's fit on {keras.backend.backend()} does not carry between steps; expected "
+        raise ConfigError("--method moco: MoCo trains through the TensorFlow engine only (its model returns queries, "
+                          "keys and the queue, which Keras's fit cannot hand to one loss); expected "
                           "KERAS_BACKEND=tensorflow, or --method simclr or synthetic")
     validate_model_settings(config.model.backbone, config.model.cut_layer, config.image.image_size)
     pretrain = config.pretrain
@@ -182,7 +182,7 @@ def pretrain_and_report(run: RunFolder, config: ExperimentConfig, prepared: Pret
             "cut_layer": model_settings.cut_layer, "image_size": config.image.image_size, "images": images.description,
             "n_images": len(images.images), "epochs": pretraining_config.train.epochs,
             "batch_size": pretraining_config.batches.batch_size, "start": start_description, "run": str(run.path.resolve()),
-            "dataset_writers": images.dataset_writers}
+            "dataset": base.data.dataset, "dataset_writers": images.dataset_writers}
     save_backbone(run, setup.backbone, info)
     facts = training_facts(
         base.engine, features, f"pretrained by {method_name} in this run (from {start_description})",

@@ -20,6 +20,11 @@ def _fmt(value, digits=3):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _eer(reference_k: dict, rule: str, pair_set: str):
+    """The EER of one reference-K cell, None ("—") where that pair set had no pairs."""
+    return ((reference_k.get(rule) or {}).get(pair_set) or {}).get("eer")
+
+
 def _protocol_lines(metrics: dict) -> list[str]:
     """Confidence intervals, verification against K enrolled references, and writer identification."""
     lines = []
@@ -33,8 +38,7 @@ def _protocol_lines(metrics: dict) -> list[str]:
         lines += ["", "Verification against K enrolled genuine signatures (EER, skilled / random forgeries):", "",
                   "| K | mean distance | min distance |", "|---|---|---|"]
         for k, values in reference_k.items():
-            cells = [f"{_fmt(values[rule]['hard']['eer'])} / {_fmt(values[rule]['easy']['eer'])}"
-                     for rule in ("mean", "min")]
+            cells = [f"{_fmt(_eer(values, rule, 'hard'))} / {_fmt(_eer(values, rule, 'easy'))}" for rule in ("mean", "min")]
             lines.append(f"| {k} | {cells[0]} | {cells[1]} |")
     identification = metrics.get("identification")
     if identification:

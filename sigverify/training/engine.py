@@ -1,6 +1,6 @@
 """The training-engine interface every experiment and pretraining trains through, and what the engines share.
 
-An engine is chosen once per process for the Keras backend (`make_engine`): on TensorFlow our loop on `strategy.run`
+An engine is chosen once per process for the Keras backend (`sigverify.training.make_engine`): on TensorFlow our loop on `strategy.run`
 (`sigverify.training.tf_engine`, tf.distribute and tf.data), on JAX Keras's own `fit` under keras.distribution
 (`sigverify.training.jax_engine`). Both take the same backend-neutral feeds (which images form each batch, decided in
 NumPy from (seed, epoch) by `sigverify.data.samplers`), write the same run-folder files (history.csv, checkpoints/,
@@ -29,6 +29,13 @@ CHECKPOINT_DIR = "checkpoints"
 
 class NonFiniteLoss(SigverifyError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+    @classmethod
+    def at(cls, epoch: int, step: int, loss: float, completed_epochs: int, checkpoint_dir) -> NonFiniteLoss:
+        """The error for batch `step` of `epoch` (both from 0), saying which checkpoint is kept, if any."""
+        kept = (f"The last good checkpoint (after epoch {completed_epochs}) is kept in {checkpoint_dir}"
+                if completed_epochs else "No checkpoint was written: the loss was not finite in the first epoch")
+        return cls(f"epoch {epoch + 1}, batch {step + 1}: the training loss is {loss}; stopped. {kept}")
 
 
 @dataclass
@@ -185,19 +192,3 @@ class TrainingEngine(ABC):
         variables (a margin-softmax loss's class weights) has them trained and checkpointed with the model.
         `batch_has_signal(labels)` tells whether a batch can teach anything (a triplet batch needs a positive pair):
         batches without are counted and logged."""
-
-
-def make_engine(devices) -> TrainingEngine:
-    """The engine of this process's Keras backend for `devices` (a `sigverify.settings.DeviceSettings`): its strategy
-    or distribution, precision policy and XLA setting. Must run before the backend starts (logical CPU devices)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        from sigverify.training.tf_engine import TensorFlowEngine
-
-        return TensorFlowEngine(devices)
-    if backend == "jax":
-        from sigverify.training.jax_engine import JaxEngine
-
-        return JaxEngine(devices)
-    raise ConfigError(f"KERAS_BACKEND={backend}: the experiments train on the tensorflow or jax backend; expected one "
-                      f"of those (the losses and models themselves run on {backend})")

@@ -176,9 +176,7 @@ class _LearningRateAndFiniteLoss(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            raise NonFiniteLoss(f"epoch {self.epoch + 1}, batch {batch + 1}: the training loss is {loss}; stopped. The "
-                                f"last good checkpoint (after epoch {completed_epochs(self.backup_dir)}) is kept in "
-                                f"{self.backup_dir}")
+            raise NonFiniteLoss.at(self.epoch, batch, loss, completed_epochs(self.backup_dir), self.backup_dir)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

@@ -156,10 +156,7 @@ class Trainer:
                 loss, empty = self._train_step(inputs, targets)
                 loss = float(loss)
                 if not math.isfinite(loss):
-                    raise NonFiniteLoss(
-                        f"epoch {epoch + 1}, batch {step + 1}: the training loss is {loss}; stopped. The last good "
-                        f"checkpoint (after epoch {int(self.completed_epochs.numpy())}) is kept in {self.last.directory}"
-                    )
+                    raise NonFiniteLoss.at(epoch, step, loss, int(self.completed_epochs.numpy()), self.last.directory)
                 batches_without_positives += int(float(empty))
                 losses.append(loss)
                 callback_list.on_train_batch_end(step, {"loss": loss})
