@@ -274,8 +274,8 @@ def validate(config: ExperimentConfig) -> None:
         (loss.scale is None or loss.scale > 0, f"--scale {loss.scale}: expected s > 0"),
         (config.model.embedding_dim >= 1, f"--embedding-dim {config.model.embedding_dim}: expected at least 1"),
         (config.image.image_size <= MAX_IMAGE_SIZE,
-         f"--image-size {config.image.image_size}: expected at most {MAX_IMAGE_SIZE} pixels (no backbone here needs "
-         "more; the post uses 224)"),
+         (f"--image-size {config.image.image_size}: expected at most {MAX_IMAGE_SIZE} pixels (no backbone here needs "
+          "more; the post uses 224)")),
         (config.data.max_writers is None or config.data.max_writers >= 1,
          f"--max-writers {config.data.max_writers}: expected at least 1"),
         (config.data.max_samples is None or config.data.max_samples >= 1,

@@ -13,8 +13,8 @@ from sigverify.data.augment import FINE_TUNING_STRENGTH, batch_augmenter
 from sigverify.data.prepare import ExperimentData, SplitData, prepare_data, test_writers_of_every_run
 from sigverify.data.samplers import shuffled_batches, training_batches
 from sigverify.distances import scoring_distance
-from sigverify.evaluation.model import evaluate_model, reference_points
 from sigverify.errors import ConfigError
+from sigverify.evaluation.model import evaluate_model, reference_points
 from sigverify.losses import MarginSoftmaxLoss, count_positive_pairs, describe_loss
 from sigverify.models.weights import pretraining_info
 from sigverify.reporting.run_files import training_facts, write_run_files

@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from sigverify.errors import ConfigError, SigverifyError
+from sigverify.errors import SigverifyError
 
 HISTORY_FILE = "history.csv"
 CHECKPOINT_DIR = "checkpoints"
