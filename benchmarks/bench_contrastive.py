@@ -1,12 +1,14 @@
 """bench-contrastive: epoch time of the contrastive baseline's two training paths on the same pairs, with the
-experiment's own building blocks (quick profile: 96×96, ResNet50 + global average pooling, frozen, batch 64):
+experiment's own building blocks (the quick profile of experiments/contrastive.py: 96×96, ResNet50 + global average
+pooling, frozen, batch 64):
 
-- cached features: the frozen backbone's features of each image computed once (`pipeline.cached_features`), then the
-  dense head trained as a Siamese pair model on pairs of features;
-- naive Siamese: both images of every pair through the frozen backbone at every step (`models.build_siamese` over the
-  whole embedding model), as the original notebook trained it.
+- cached features: the frozen backbone's features of each image computed once (`models.inference.cached_features`),
+  then the dense head trained as a Siamese pair model on pairs of features;
+- naive Siamese: both uint8 images of every pair through the frozen backbone at every step (`models.siamese.
+  build_siamese` over the whole embedding model), as the original notebook trained it.
 
-Both train through `train.Trainer` on `data.feed.pair_batches` over the same pairs (a shuffled sample of the
+Both train through `training.tf_engine.Trainer` on `training.tf_data.pair_dataset` of the same pairs
+(`training.engine.pair_steps`) (a shuffled sample of the
 profile's training pairs; `--full` all of them); an epoch is timed after a short warm-up epoch that traces the step.
 The one-time feature extraction covers every training image, as the experiment does; an epoch over all pairs is
 estimated from the sample. Target: cached epochs at least 10× faster.
@@ -23,35 +25,37 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BENCHMARKS_DIR, write_results
+from common import BENCHMARKS_DIR, recipe, write_results
 
-from sigverify.config import CONTRASTIVE_PROFILES, build_config
-from sigverify.data.feed import pair_batches
-from sigverify.distribute import make_strategy
+from sigverify.data.prepare import prepare_data
 from sigverify.losses import ContrastiveLoss
-from sigverify.models import build_contrastive_embedding_model, build_siamese
-from sigverify.pipeline import cached_features, prepare_data
-from sigverify.data.preprocess import PreprocessConfig
-from sigverify.train import Trainer, make_optimizer
+from sigverify.models.embedding import build_contrastive_embedding_model
+from sigverify.models.inference import cached_features
+from sigverify.models.siamese import build_siamese
+from sigverify.settings import build_config
+from sigverify.training.engine import PairBatches, make_optimizer, pair_steps
+from sigverify.training.tf_data import pair_dataset
+from sigverify.training.tf_engine import Trainer, make_strategy
 
 DEFAULT_PAIRS = 512
 
 
-def timed_epoch(tower, inputs, pairs, config, run_dir: Path, backbone: str | None, strategy) -> float:
-    """Seconds of one training epoch of build_siamese(tower) over `pairs`, after a warm-up epoch of two batches."""
-    train = config.train
+def timed_epoch(tower, inputs, pairs, config, run_dir: Path, strategy) -> float:
+    """Seconds of one training epoch of build_siamese(tower) over `pairs` of `inputs` (uint8 images or features),
+    after a warm-up epoch of two batches."""
+    batch_size, seed = config.batches.batch_size, config.train.seed
+    steps = -(-len(pairs) // batch_size)
     with strategy.scope():
         siamese = build_siamese(tower)
-        optimizer = make_optimizer(train, steps_per_epoch=-(-len(pairs) // train.batch_size))
-    trainer = Trainer(siamese, ContrastiveLoss(margin=train.margin), optimizer, strategy, run_dir)
+        optimizer = make_optimizer(config.optimizer, config.train.epochs, steps)
+    trainer = Trainer(siamese, ContrastiveLoss(margin=config.loss.margin), optimizer, strategy, run_dir)
 
     def batches(epoch):
-        chosen = pairs if epoch else pairs[: 2 * train.batch_size]
-        return pair_batches(inputs, chosen["a"].to_numpy(), chosen["b"].to_numpy(), chosen["same"].to_numpy(),
-                            train.batch_size, train.seed, epoch, backbone=backbone)
+        chosen = pairs if epoch else pairs[: 2 * batch_size]
+        return pair_dataset(PairBatches(inputs, lambda e: pair_steps(chosen, batch_size, seed, e)), epoch)
 
     trainer.fit(batches, epochs=1, steps_per_epoch=2, verbose=0)
-    return trainer.fit(batches, epochs=2, steps_per_epoch=-(-len(pairs) // train.batch_size), verbose=0).train_seconds
+    return trainer.fit(batches, epochs=2, steps_per_epoch=steps, verbose=0).train_seconds
 
 
 def main() -> int:
@@ -62,28 +66,27 @@ def main() -> int:
     args = parser.parse_args()
     os.chdir(BENCHMARKS_DIR.parent)  # the embedded synthetic set lives in data/synthetic of the repository
 
-    config = build_config("contrastive", "quick", CONTRASTIVE_PROFILES)
+    config = build_config("contrastive", "quick", recipe("contrastive").PROFILES)
     image, backbone = config.image, config.model.backbone
-    data = prepare_data(config, PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect))
+    data = prepare_data(config)
     all_pairs = data.train.pairs.sample(frac=1.0, random_state=0)  # a mix of genuine, skilled and random pairs
     pairs = all_pairs if args.full else all_pairs.iloc[: args.pairs]
     images = data.train.images
     strategy = make_strategy("cpu")
-    shape = (image.image_size, image.image_size, 3)
     with tempfile.TemporaryDirectory(prefix="sigverify-bench-contrastive-") as scratch:
         scratch = Path(scratch)
         with strategy.scope():
-            cached_model = build_contrastive_embedding_model(backbone, shape, None, config.model.embedding_dim)
-            naive_model = build_contrastive_embedding_model(backbone, shape, None, config.model.embedding_dim)
+            cached_model = build_contrastive_embedding_model(backbone, image.image_size, None, config.model.embedding_dim)
+            naive_model = build_contrastive_embedding_model(backbone, image.image_size, None, config.model.embedding_dim)
         started = time.perf_counter()
-        features = cached_features(cached_model.get_layer(f"pretrained_{backbone}"), images, backbone,
+        features = cached_features(cached_model.get_layer(f"pretrained_{backbone}"), images,
                                    cache_dir=scratch / "cache")
         feature_seconds = time.perf_counter() - started
         print(f"features of all {len(images)} training images (once): {feature_seconds:.1f} s", flush=True)
         cached = timed_epoch(cached_model.get_layer("contrastive_head"), features, pairs, config, scratch / "cached",
-                             None, strategy)
+                             strategy)
         print(f"cached-feature epoch over {len(pairs)} pairs: {cached:.2f} s", flush=True)
-        naive = timed_epoch(naive_model, images, pairs, config, scratch / "naive", backbone, strategy)
+        naive = timed_epoch(naive_model, images, pairs, config, scratch / "naive", strategy)
         print(f"naive Siamese epoch over {len(pairs)} pairs: {naive:.2f} s", flush=True)
 
     rows = [{"path": "cached features", "epoch_seconds": cached, "one_time_feature_seconds": feature_seconds},
@@ -99,7 +102,7 @@ def main() -> int:
                   f"features of {len(images)} images ({feature_seconds:.0f} s): "
                   f"{summary['first_full_epoch_speedup_with_features']:.0f}x (estimated)")
     write_results("contrastive", {"profile": "quick", "image_size": image.image_size, "backbone": backbone,
-                                  "batch_size": config.train.batch_size, "pairs": len(pairs),
+                                  "batch_size": config.batches.batch_size, "pairs": len(pairs),
                                   "data": "embedded synthetic set"}, rows, summary, ratio_line)
     return 0
 

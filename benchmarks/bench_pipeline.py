@@ -1,7 +1,8 @@
-"""bench-pipeline: images per second that the tf.data feed alone delivers from the preprocessed cache (gather, convert
-to backbone input, prefetch: `sigverify.data.feed.image_batches` over an epoch's sampler batches) against the images per
-second that a training step consumes, for the quick (96×96, Smaller ResNet50, P×K 16×4) and blog (224×224, Small
-ResNet50, batch 64) triplet profiles on the embedded synthetic signatures. Target: the feed at least 5× faster.
+"""bench-pipeline: images per second that the tf.data feed alone delivers from the preprocessed cache (gather the uint8
+signatures, prefetch: `sigverify.training.tf_data.labelled_dataset` over an epoch's sampler batches; the models scale
+their input themselves) against the images per second that a training step consumes, for the quick (96×96, Smaller
+ResNet50, P×K 16×4) and blog (224×224, Small ResNet50, batch 64) profiles of experiments/triplet.py on the embedded
+synthetic signatures. Target: the feed at least 5× faster.
 
 Also the end-of-epoch stall: the time from the last training step of an epoch to the loop's exit (the end-of-sequence
 `next` and the iterator's tear-down) through `strategy.experimental_distribute_dataset`, as the trainer iterates, with
@@ -19,28 +20,28 @@ import sys
 import time
 
 import tensorflow as tf
-from common import BENCHMARKS_DIR, write_results
+from common import BENCHMARKS_DIR, recipe, write_results
 from training import make_train_step, train_step_images_per_second, triplet_model
 
-from sigverify.config import TRIPLET_PROFILES, build_config
-from sigverify.data.feed import image_batches
-from sigverify.pipeline import prepare_data, training_batches
-from sigverify.data.preprocess import PreprocessConfig
+from sigverify.data.prepare import prepare_data
+from sigverify.data.samplers import training_batches
+from sigverify.settings import build_config
+from sigverify.training.engine import LabelledBatches
+from sigverify.training.tf_data import labelled_dataset
 
 PROFILES = ("quick", "blog")
 STALL_BATCHES = 4
 
 
 def load(profile: str):
-    config = build_config("triplet", profile, TRIPLET_PROFILES)
-    image = config.image
-    data = prepare_data(config, PreprocessConfig((image.image_size, image.image_size), image.binarize, image.keep_aspect))
+    config = build_config("triplet", profile, recipe("triplet").PROFILES)
+    data = prepare_data(config)
     return config, data.train.images, data.train.labels
 
 
 def feed(config, images, labels, epoch: int, max_batches: int | None = None) -> tf.data.Dataset:
-    batches = training_batches(labels, config, epoch)
-    return image_batches(images, labels, batches[:max_batches], config.model.backbone)
+    batches = training_batches(labels, config.batches, config.train.seed)(epoch)[:max_batches]
+    return labelled_dataset(LabelledBatches(images, labels, lambda _: batches), epoch)
 
 
 def feed_images_per_second(config, images, labels, epochs: int) -> float:
@@ -88,10 +89,10 @@ def main() -> int:
         config, images, labels = load(profile)
         delivered = feed_images_per_second(config, images, labels, feed_epochs)
         model = triplet_model(config.model.cut_layer, config.image.image_size)
-        consumed, _ = train_step_images_per_second(model, config.train.batch_size, steps,
-                                                   images_per_class=config.train.images_per_class)
+        consumed, _ = train_step_images_per_second(model, config.batches.batch_size, steps,
+                                                   images_per_class=config.batches.images_per_class)
         row = {"profile": profile, "image_size": config.image.image_size, "cut_layer": config.model.cut_layer,
-               "batch_size": config.train.batch_size, "sampler": config.train.sampler, "train_images": len(labels),
+               "batch_size": config.batches.batch_size, "sampler": config.batches.sampler, "train_images": len(labels),
                "feed_images_per_second": delivered, "training_images_per_second": consumed,
                "feed_over_training": delivered / consumed}
         rows.append(row)

@@ -1,20 +1,24 @@
-"""What every benchmark shares: timing a call, peak memory of a code section, the machine's description, and writing
-`benchmarks/results/<name>.json` with the ratio line that each benchmark prints last."""
+"""What every benchmark shares: timing a call, peak memory of a code section, the machine's description, an experiment
+script's profiles, and writing `benchmarks/results/<name>.json` (or `$BENCH_RESULTS_DIR/<name>.json`, for a trial run
+that must leave the committed results alone) with the ratio line that each benchmark prints last."""
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCHMARKS_DIR / "results"
+REPO = BENCHMARKS_DIR.parent
+RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR") or BENCHMARKS_DIR / "results")
 GIB = 1024**3
 MIB = 1024**2
 
@@ -22,6 +26,18 @@ MIB = 1024**2
 # busy the machine was when the benchmark started.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 LOAD_AVERAGE_AT_START = [round(x, 2) for x in os.getloadavg()]
+
+
+def recipe(name: str):
+    """The experiment script `experiments/<name>.py` as a module (its PROFILES, ...), loaded as
+    `tests.conftest.load_recipe` loads it: the benchmarks measure the experiments' own profiles."""
+    experiments = str(REPO / "experiments")
+    if experiments not in sys.path:
+        sys.path.insert(0, experiments)
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def median_seconds(call: Callable[[], object], min_repeats: int = 3, min_seconds: float = 1.0,
@@ -125,7 +141,7 @@ def machine() -> dict:
 
 def write_results(name: str, settings: dict, rows: list[dict], summary: dict, ratio_line: str) -> Path:
     """benchmarks/results/<name>.json, then the ratio line printed last (as every benchmark ends)."""
-    RESULTS_DIR.mkdir(exist_ok=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     environment = machine()
     environment["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path = RESULTS_DIR / f"{name}.json"
@@ -133,6 +149,6 @@ def write_results(name: str, settings: dict, rows: list[dict], summary: dict, ra
     temporary.write_text(json.dumps({"benchmark": name, "environment": environment, "settings": settings,
                                      "results": rows, "summary": summary, "ratio_line": ratio_line}, indent=2) + "\n")
     os.replace(temporary, path)
-    print(f"wrote {path.relative_to(BENCHMARKS_DIR.parent)}")
+    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     print(ratio_line)
     return path

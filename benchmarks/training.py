@@ -1,5 +1,5 @@
 """Training-step measurements shared by bench-train and bench-pipeline: images per second of one triplet training step
-(the same step as `sigverify.train.Trainer` runs per replica: forward, TripletSemiHardLoss, backward, Adam), the FLOPs
+(the same step as `sigverify.training.tf_engine.Trainer` runs per replica: forward, TripletSemiHardLoss, backward, Adam), the FLOPs
 of a model counted from its layer shapes, and TensorFlow's own matrix-multiply peak on this machine."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tensorflow as tf
 from common import fastest_and_cpu_seconds
 
 from sigverify.losses import TripletSemiHardLoss
-from sigverify.models import build_embedding_model
+from sigverify.models.embedding import build_embedding_model
 
 TRAINING_PASSES = 3  # forward, then backward through the activations and through the weights: each costs one forward
 
@@ -52,11 +52,12 @@ def forward_flops_per_image(model: keras.Model) -> int:
 
 
 def triplet_model(cut_layer: str, image_size: int) -> keras.Model:
-    return build_embedding_model("resnet50", cut_layer, (image_size, image_size, 3), weights=None)
+    return build_embedding_model("resnet50", cut_layer, image_size, weights=None)
 
 
 def make_train_step(model: keras.Model):
-    """A compiled training step, (images, labels) → loss: the step `sigverify.train.Trainer` runs on each replica."""
+    """A compiled training step, (uint8 images, labels) → loss: the step `sigverify.training.tf_engine.Trainer` runs
+    on each replica."""
     loss_fn = TripletSemiHardLoss()
     optimizer = keras.optimizers.Adam(1e-4)
     optimizer.build(model.trainable_variables)
@@ -74,11 +75,12 @@ def make_train_step(model: keras.Model):
 
 def train_step_images_per_second(model: keras.Model, batch_size: int, steps: int,
                                  images_per_class: int = 4) -> tuple[float, float]:
-    """Compiled training steps on one random batch (after a warm-up step that traces): images per second of the fastest
-    of `steps` steps, and images per CPU-second of this process."""
-    image_size = model.input_shape[1]
+    """Compiled training steps on one random batch of uint8 signatures B×H×W (the models scale their input
+    themselves), after a warm-up step that traces: images per second of the fastest of `steps` steps, and images per
+    CPU-second of this process."""
+    height, width = model.input_shape[1:3]
     rng = np.random.default_rng(0)
-    images = tf.constant(rng.normal(scale=60.0, size=(batch_size, image_size, image_size, 3)).astype(np.float32))
+    images = tf.constant(rng.integers(0, 256, size=(batch_size, height, width), dtype=np.uint8))
     labels = tf.constant(np.repeat(np.arange(batch_size // images_per_class), images_per_class).astype(np.int32))
     train_step = make_train_step(model)
     train_step(images, labels).numpy()

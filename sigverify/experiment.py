@@ -159,7 +159,9 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
 
 
 def check_writable(folder: Path, option: str) -> None:
-    """Refuse, before any work, a folder that cannot be created or written (a file in its place, no permission)."""
+    """Refuse, before any work, a folder that cannot be created or written (a file in its place, no permission). The
+    folders made for the check are removed again: a refused run writes nothing."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -167,6 +169,10 @@ def check_writable(folder: Path, option: str) -> None:
     except OSError as error:
         raise ConfigError(f"{option} {folder}: cannot create or write that folder ({error.strerror or error}); "
                           "expected a writable folder") from None
+    finally:
+        for path in missing:
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def _holds_training(run: RunFolder) -> bool:

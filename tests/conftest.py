@@ -39,7 +39,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def run_experiment_script(script: str, *args, cwd: Path, env_extra: dict | None = None,
                           timeout: int = 600) -> subprocess.CompletedProcess:
     """`python experiments/<script> args...` in `cwd`, with a preprocessing cache of its own under `cwd`."""
-    env = dict(os.environ, SIGVERIFY_CACHE=str(Path(cwd) / "cache"), TF_CPP_MIN_LOG_LEVEL="3", **(env_extra or {}))
+    env = {**os.environ, "SIGVERIFY_CACHE": str(Path(cwd) / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
     return subprocess.run([sys.executable, str(REPO / "experiments" / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=env)
 

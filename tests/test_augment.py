@@ -19,8 +19,8 @@ from sigverify.data.augment import (
     ink_mask,
     view_pair_augmenter,
 )
-from sigverify.errors import ConfigError
 from sigverify.data.preprocess import PreprocessConfig, preprocess_file
+from sigverify.errors import ConfigError
 
 SIGNATURE = Path(__file__).parent / "data" / "signature.png"
 

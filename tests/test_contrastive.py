@@ -39,7 +39,9 @@ def test_cached_feature_path_equals_the_naive_siamese_path(tmp_path):
     np.testing.assert_allclose(cached_loss, naive_loss, rtol=1e-5)
     assert len(naive_gradients) == len(cached_gradients) == len(head.trainable_weights)
     for naive, cached in zip(naive_gradients, cached_gradients):
-        np.testing.assert_allclose(cached, naive, rtol=1e-4, atol=1e-6)
+        # float32: the backbone's convolutions round a batch of 6 images (the cache) and of 4 (each Siamese input)
+        # differently, by under 1e-6 of the features' scale; the gradients agree to 1e-4 of theirs
+        np.testing.assert_allclose(cached, naive, rtol=1e-4, atol=1e-4 * np.abs(naive).max())
     trainable = {id(w) for w in embedding.trainable_weights}
     assert trainable == {id(w) for w in head.trainable_weights}, "only the head trains: the backbone is frozen"
 

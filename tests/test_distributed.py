@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from sigverify.launch import tf_config, worker_arguments
-from sigverify.train import read_history
+from sigverify.training.engine import read_history
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "triplet.py"
@@ -192,10 +192,73 @@ def test_worker_flags_and_tf_config():
 def test_feeds_shard_by_data():
     import tensorflow as tf
 
-    from sigverify.data.feed import image_batches, pair_batches
+    from sigverify.training.engine import LabelledBatches, PairBatches, ViewBatches
+    from sigverify.training.tf_data import labelled_dataset, pair_dataset, view_dataset
 
     images, labels = np.zeros((4, 8, 8), np.uint8), np.array([0, 0, 1, 1])
-    feeds = [image_batches(images, labels, np.array([[0, 1, 2, 3]]), "resnet50"),
-             pair_batches(images, np.array([0, 2]), np.array([1, 3]), np.array([1, 0]), 2, 0, 0, backbone="resnet50")]
+    batches = lambda epoch: np.array([[0, 1, 2, 3]])
+    pairs = lambda epoch: ([np.array([0, 2])], [np.array([1, 3])], [np.array([1.0, 0.0], np.float32)])
+    feeds = [labelled_dataset(LabelledBatches(images, labels, batches), 0),
+             pair_dataset(PairBatches(images, pairs), 0),
+             view_dataset(ViewBatches(images, batches, lambda epoch: lambda batch, number: (batch, batch)), 0)]
     for feed in feeds:
         assert feed.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+
+
+# One training step of a Siamese model with ContrastiveLoss through the TensorFlow engine's Trainer, on one CPU and
+# mirrored over 2 logical CPUs, from the same weights on the same pairs. Logical CPUs must be split before TensorFlow
+# starts its devices: a process of its own.
+CONTRASTIVE_REPLICAS = """
+import json, sys, tempfile
+import keras, numpy as np, tensorflow as tf
+from sigverify.losses import ContrastiveLoss
+from sigverify.models.siamese import build_siamese
+from sigverify.training.tf_engine import Trainer, make_strategy, split_cpu
+
+split_cpu(2)
+rng = np.random.default_rng(0)
+features = rng.normal(size=(16, 6)).astype(np.float32)
+first, second = np.arange(0, 16, 2), np.arange(1, 16, 2)
+same = np.array([1, 0, 1, 0, 1, 1, 0, 0], np.float32)
+initial = None
+
+def one_step(strategy_name):
+    global initial
+    strategy = make_strategy(strategy_name)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((6,), name="features")
+        tower = keras.Model(inputs, keras.layers.Dense(3, name="head")(keras.layers.Dense(5, activation="tanh",
+                                                                                          name="hidden")(inputs)))
+        if initial is None:
+            initial = tower.get_weights()
+        tower.set_weights(initial)
+        siamese = build_siamese(tower)
+        optimizer = keras.optimizers.SGD(0.5)
+    def batches(epoch):
+        return tf.data.Dataset.from_tensors(((features[first], features[second]), same))
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = Trainer(siamese, ContrastiveLoss(margin=2.0), optimizer, strategy, run_dir).fit(
+            batches, epochs=1, steps_per_epoch=1, verbose=0)
+    return strategy.num_replicas_in_sync, result.history["loss"][0], [w.tolist() for w in tower.get_weights()]
+
+single, mirrored = one_step("cpu"), one_step("mirrored")
+print(json.dumps({"replicas": [single[0], mirrored[0]], "loss": [single[1], mirrored[1]],
+                  "weights": [single[2], mirrored[2]], "initial": [w.tolist() for w in initial]}))
+"""
+
+
+def test_contrastive_loss_over_two_replicas_matches_one():
+    """ContrastiveLoss returns the mean itself, so the loop's one division by the replicas is the only one: the first
+    step's loss and the updated weights over 2 mirrored CPUs are those of one CPU (they were scaled twice)."""
+    done = subprocess.run([sys.executable, "-c", CONTRASTIVE_REPLICAS], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == [1, 2]
+    np.testing.assert_allclose(result["loss"][1], result["loss"][0], rtol=1e-6)
+    single, mirrored, initial = result["weights"][0], result["weights"][1], result["initial"]
+    for before, one, two in zip(initial, single, mirrored):
+        # The head's bias cancels in the distance (no gradient); every kernel must have moved.
+        assert np.ndim(before) == 1 or not np.allclose(one, before), "the step moved the kernels"
+        np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from sigverify.reporting import plots
 from sigverify.errors import DataError
+from sigverify.reporting import plots
 
 
 @pytest.fixture(autouse=True)

@@ -10,11 +10,10 @@ import pytest
 from PIL import Image
 
 from sigverify.data import synthetic
-from sigverify.data.hardness import raw_pixel_baseline
+from sigverify.data.preprocess import PreprocessConfig, preprocess_file
 from sigverify.data.synthetic import generate_synthetic_dataset
 from sigverify.errors import ConfigError
-from sigverify.evaluate import raw_pixel_embeddings
-from sigverify.data.preprocess import PreprocessConfig, preprocess_file
+from sigverify.evaluation.baselines import raw_pixel_baseline, raw_pixel_embeddings
 
 N_WRITERS, N_SAMPLES = 3, 4
 
