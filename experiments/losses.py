@@ -19,6 +19,8 @@ import copy
 import json
 import sys
 
+from triplet import PROFILES as TRIPLET_PROFILES  # every loss trains the triplet experiment's model
+
 from sigverify.distances import scoring_distance
 from sigverify.evaluation.model import evaluate_model, reference_points
 from sigverify.experiment import run_experiment
@@ -32,31 +34,21 @@ from sigverify.reporting.plots import plot_distance_density_overlay
 from sigverify.reporting.run_files import training_facts, write_run_files
 from sigverify.reporting.tables import describe_training, read_pair_scores, summary_table, write_summary_tables
 from sigverify.runs import writing
-from sigverify.settings import comma_list, with_base
+from sigverify.settings import comma_list, derived
 from sigverify.steps import labelled_feed, prepare_experiment, train_and_report
 from sigverify.training.engine import PairBatches, make_optimizer, pair_steps
 
 LOSS_NAMES = ("contrastive", "semihard", "hard", "quadruplet", "cosface", "arcface", "sphereface")
 CONTRASTIVE_MARGIN = 0.5  # the post's Siamese baseline
 
-# The triplet experiment's model and P×K batches for every loss; no UMAP or Grad-CAM per run (many runs). quick: 64×64
-# images, 16 genuine + 16 forged per writer (K = 12 references leave 4 questioned genuine), 3 epochs: about 2 minutes a
-# run on a busy 2-core CPU, so 7 losses × 5 folds take over an hour there. blog: the post's protocol, with P×K batches
-# of 16 × 4 = 64 so that every batch-mining loss has positives.
-PK_BATCHES = {"batch_size": 64, "sampler": "pk", "classes_per_batch": 16, "images_per_class": 4}
-PROFILES = with_base(
-    {"report": {"umap": False, "gradcam_images": 0}},
-    {
-        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32},
-                  "model": {"cut_layer": "conv3_block4_add"}, "train": {"epochs": 2},
-                  "batches": {"batch_size": 16, "sampler": "pk", "classes_per_batch": 4, "images_per_class": 4},
-                  "optimizer": {"schedule": "constant"}},
-        "quick": {"data": {"max_samples": 16}, "image": {"image_size": 64}, "model": {"cut_layer": "conv3_block4_add"},
-                  "train": {"epochs": 3}, "batches": PK_BATCHES,
-                  "optimizer": {"schedule": "cosine", "learning_rate": 1e-3}},
-        "blog": {"batches": PK_BATCHES},
-    },
-)
+# The triplet experiment's profiles (its model and P×K batches for every loss), without UMAP or Grad-CAM per run (many
+# runs). quick: 64×64 images, 16 genuine + 16 forged per writer (K = 12 references leave 4 questioned genuine), 3
+# epochs: about 2 minutes a run on a busy 2-core CPU, so 7 losses × 5 folds take over an hour there. blog: the post's
+# protocol, with P×K batches of 16 × 4 = 64 so that every batch-mining loss has positives.
+PROFILES = derived(TRIPLET_PROFILES, everywhere={"report": {"umap": False, "gradcam_images": 0}}, changes={
+    "quick": {"data": {"max_samples": 16}, "image": {"image_size": 64}, "train": {"epochs": 3}},
+    "blog": {"batches": TRIPLET_PROFILES["quick"]["batches"]},
+})
 
 
 def with_loss(config, name: str):

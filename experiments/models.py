@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 
 import pandas as pd
+from triplet import PROFILES as TRIPLET_PROFILES  # every model trains with the triplet recipe
 
 from sigverify.data.prepare import prepare_data
 from sigverify.errors import ConfigError
@@ -35,24 +36,16 @@ from sigverify.reporting.tables import (
     write_summary_tables,
 )
 from sigverify.runs import writing
-from sigverify.settings import comma_list, with_base
+from sigverify.settings import comma_list, derived
 from sigverify.steps import Prepared, prepare_experiment, train_and_report
 
-# A model whose cut needs bigger images than image_size runs at its own minimum (full ResNet50: 97, VGG16: 128). quick:
-# 64×64, 8 genuine + 8 forged images per writer, 4 epochs: about 27 CPU-minutes for all models on CEDAR (VGG16 12,
-# ResNet50 5), 15–20 minutes on an idle 2-core CPU. blog: the post's protocol, as the triplet experiment's.
-PROFILES = with_base(
-    {"model": {"cut_layer": None}},  # each model's backbone and cut layer come from MODEL_ZOO
-    {
-        "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 32}, "train": {"epochs": 2},
-                  "batches": {"batch_size": 16, "sampler": "pk", "classes_per_batch": 4, "images_per_class": 4},
-                  "optimizer": {"schedule": "constant"}, "report": {"umap": False, "gradcam_images": 2}},
-        "quick": {"data": {"max_samples": 8}, "image": {"image_size": 64}, "train": {"epochs": 4},
-                  "batches": {"batch_size": 64, "sampler": "pk", "classes_per_batch": 16, "images_per_class": 4},
-                  "optimizer": {"schedule": "cosine", "learning_rate": 1e-3}},
-        "blog": {},
-    },
-)
+# The triplet experiment's profiles, each model with its own backbone and cut layer (from MODEL_ZOO); a model whose cut
+# needs bigger images than image_size runs at its own minimum (full ResNet50: 97, VGG16: 128). quick: 64×64, 8 genuine
+# + 8 forged images per writer, 4 epochs: about 27 CPU-minutes for all models on CEDAR (VGG16 12, ResNet50 5), 15–20
+# minutes on an idle 2-core CPU.
+PROFILES = derived(TRIPLET_PROFILES, everywhere={"model": {"cut_layer": None}}, changes={
+    "quick": {"data": {"max_samples": 8}, "image": {"image_size": 64}, "train": {"epochs": 4}},
+})
 TRAINED = [name for name, entry in MODEL_ZOO.items() if entry.kind != "contrastive"]  # contrastive: its own experiment
 
 

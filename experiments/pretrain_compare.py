@@ -16,9 +16,10 @@ import sys
 from dataclasses import dataclass
 
 from pretrain import PRETRAINING  # each method pretrains as exp-pretrain's profile does
+from triplet import PROFILES as TRIPLET_PROFILES  # and fine-tunes as the triplet experiment trains
 
 from sigverify.errors import ConfigError
-from sigverify.experiment import run_experiment, seed_everything
+from sigverify.experiment import run_experiment
 from sigverify.losses import loss_from_settings
 from sigverify.models.backbones import validate_model_settings
 from sigverify.models.weights import resolve_weights
@@ -40,26 +41,20 @@ from sigverify.pretrain.run import (
     pretrain_and_report,
     with_method,
 )
-from sigverify.protocol import run_repeats
+from sigverify.protocol import run_repeats, run_sub_run
 from sigverify.reporting.plots import plot_accuracy_by_start
 from sigverify.reporting.tables import describe_training, summary_table, write_summary_tables
-from sigverify.runs import CONFIG_FILE, write_yaml, writing
-from sigverify.settings import with_base
+from sigverify.runs import writing
+from sigverify.settings import derived
 from sigverify.steps import Prepared, prepare_experiment, train_and_report
 
-# Each method pretrained as exp-pretrain's profile does, then the same triplet fine-tuning (the train, batches and
-# optimizer sections) from each start.
-PK_BATCHES = {"batch_size": 64, "sampler": "pk", "classes_per_batch": 16, "images_per_class": 4}
-PROFILES = with_base(
-    {"model": {"cut_layer": "conv3_block4_add"}, "report": {"umap": False, "gradcam_images": 0}},
-    {
-        "smoke": {**PRETRAINING["smoke"], "train": {"epochs": 2}, "optimizer": {"schedule": "constant"},
-                  "batches": {"batch_size": 16, "sampler": "pk", "classes_per_batch": 4, "images_per_class": 4}},
-        "quick": {**PRETRAINING["quick"], "train": {"epochs": 4}, "batches": PK_BATCHES,
-                  "optimizer": {"schedule": "cosine", "learning_rate": 1e-3}},
-        "blog": {**PRETRAINING["blog"], "batches": PK_BATCHES},
-    },
-)
+# The triplet experiment's fine-tuning (its profiles' train, batches and optimizer sections) from each start, each
+# method pretrained as exp-pretrain's profile does; no UMAP or Grad-CAM per run.
+PROFILES = derived(TRIPLET_PROFILES, everywhere={"report": {"umap": False, "gradcam_images": 0}}, changes={
+    "smoke": PRETRAINING["smoke"],
+    "quick": {**PRETRAINING["quick"], "train": {"epochs": 4}},
+    "blog": {**PRETRAINING["blog"], "batches": TRIPLET_PROFILES["quick"]["batches"]},
+})
 
 
 @dataclass
@@ -98,18 +93,10 @@ def prepare(config) -> ComparePrepared:
 
 def pretrain_once(run, config, method: str, prepared: PretrainPrepared):
     """The method's pretraining sub-run (kept if finished): the start of that method's fine-tuning runs."""
-    sub = run.child(f"pretrain-{method}")
-    if sub.is_complete():
-        print(f"pretrain-{method}: finished earlier, kept ({sub.path})", file=sys.stderr)
-        return sub.path
-    print(f"pretrain-{method} → {sub.path}", file=sys.stderr)
     method_config = with_method(config, method)
     method_config.model.weights = "none"  # pretraining is the alternative to ImageNet: it starts from random weights
-    seed_everything(config.train.seed, config.devices.deterministic)
-    with sub.running():
-        write_yaml(sub.file(CONFIG_FILE), as_pretraining_config(method_config).to_dict())
-        pretrain_and_report(sub, method_config, prepared)
-    return sub.path
+    return run_sub_run(run, f"pretrain-{method}", method_config, lambda: prepared, pretrain_and_report,
+                       saved_config=as_pretraining_config(method_config))
 
 
 def fine_tune(run, config, prepared):

@@ -56,20 +56,30 @@ def run_repeats(run: RunFolder, config: ExperimentConfig, prepared: Prepared,
     same; other folds get their own data (preprocessed images come from the disk cache)."""
     folders = []
     for name, sub_config in repeat_configs(config):
-        sub = run.child(prefix + name)
-        folders.append(sub.path)
-        if sub.is_complete():
-            print(f"{prefix}{name}: finished earlier, kept ({sub.path})", file=sys.stderr)
-            continue
-        print(f"{prefix}{name} → {sub.path}", file=sys.stderr)
-        sub_prepared = prepared
-        if not _same_split(sub_config, config):
-            sub_prepared = Prepared(prepared.engine, prepare_data(sub_config))
-        seed_everything(sub_config.train.seed, sub_config.devices.deterministic)
-        with sub.running():
-            write_yaml(sub.file(CONFIG_FILE), sub_config.to_dict())
-            body(sub, sub_config, sub_prepared)
+        same_split = _same_split(sub_config, config)
+        folders.append(run_sub_run(run, prefix + name, sub_config,
+                                   lambda sub_config=sub_config, same_split=same_split: (
+                                       prepared if same_split else Prepared(prepared.engine, prepare_data(sub_config))),
+                                   body))
     return folders
+
+
+def run_sub_run(run: RunFolder, name: str, config: ExperimentConfig, prepared_of: Callable[[], object],
+                body: Callable[[RunFolder, ExperimentConfig, object], dict], saved_config: ExperimentConfig | None = None,
+                ) -> Path:
+    """`body(sub_run, config, prepared_of())` in the sub-run folder `name` of `run`, seeded by `config`, with its
+    config.yaml (`saved_config`, default `config`); a sub-run that finished earlier is kept. Returns its folder."""
+    sub = run.child(name)
+    if sub.is_complete():
+        print(f"{name}: finished earlier, kept ({sub.path})", file=sys.stderr)
+        return sub.path
+    print(f"{name} → {sub.path}", file=sys.stderr)
+    prepared = prepared_of()
+    seed_everything(config.train.seed, config.devices.deterministic)
+    with sub.running():
+        write_yaml(sub.file(CONFIG_FILE), (saved_config or config).to_dict())
+        body(sub, config, prepared)
+    return sub.path
 
 
 def summary_metrics(summary_row) -> dict:

@@ -164,6 +164,16 @@ def with_base(base: dict, profiles: dict) -> dict:
                    for section in set(base) | set(profile)} for name, profile in profiles.items()}
 
 
+def derived(profiles: dict, changes: dict | None = None, everywhere: dict | None = None) -> dict:
+    """Another recipe's profiles with this one's differences: the `everywhere` settings in each profile, then the
+    profile's own `changes` ({profile: {section: {setting: value}}}), each winning over what it lands on."""
+    def merged(*layers: dict) -> dict:
+        return {section: {key: value for layer in layers for key, value in layer.get(section, {}).items()}
+                for section in dict.fromkeys(section for layer in layers for section in layer)}
+
+    return {name: merged(profile, everywhere or {}, (changes or {}).get(name, {})) for name, profile in profiles.items()}
+
+
 def _field_type(cls, name):
     hint = typing.get_type_hints(cls)[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
