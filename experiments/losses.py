@@ -61,7 +61,7 @@ def with_loss(config, name: str):
 
 
 def prepare(config):
-    names = comma_list(config.loss.losses, "--losses", LOSS_NAMES)
+    names = comma_list(config.loss.losses, "--losses", LOSS_NAMES, what="loss")
 
     def check_settings():
         validate_model_settings(config.model.backbone, config.model.cut_layer, config.image.image_size)
@@ -110,7 +110,7 @@ def train_with_loss(run, config, prepared) -> dict:
 
 def run_losses(run, config, prepared) -> dict:
     folders = {name: run_repeats(run, with_loss(config, name), prepared, train_with_loss, prefix=f"{name}-")
-               for name in comma_list(config.loss.losses, "--losses", LOSS_NAMES)}
+               for name in comma_list(config.loss.losses, "--losses", LOSS_NAMES, what="loss")}
     summary, runs = summary_table(folders, "loss")
     first_runs = {name: json.loads((paths[0] / "metrics.json").read_text()) for name, paths in folders.items()}
     first = next(iter(first_runs.values()))

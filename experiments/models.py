@@ -74,7 +74,7 @@ def with_image_size(config, image_size: int):
 
 
 def prepare(config) -> ZooPrepared:
-    names = comma_list(config.model.zoo, "--zoo", list(MODEL_ZOO), default=TRAINED)
+    names = comma_list(config.model.zoo, "--zoo", list(MODEL_ZOO), default=TRAINED, what="model")
     if contrastive := [name for name in names if MODEL_ZOO[name].kind == "contrastive"]:
         raise ConfigError(f"--zoo: {contrastive[0]} is trained with contrastive loss, in its own experiment (make "
                           "exp-contrastive); expected triplet models and pretrained baselines")

@@ -38,6 +38,10 @@ def _native_stderr_silenced():
 def _start_keras() -> None:
     """Import Keras (and TensorFlow with its devices listed, which is when CUDA is probed) quietly, after checking that
     KERAS_BACKEND names a backend that is installed: a one-line error and exit 2 otherwise."""
+    argv = getattr(_sys, "orig_argv", [])
+    if "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "sigverify.bench_gpu":
+        # `python -m sigverify.bench_gpu` measures the JAX backend (the GPU machines have no TensorFlow): its default.
+        _os.environ.setdefault("KERAS_BACKEND", "jax")
     backend = _os.environ.get("KERAS_BACKEND", "tensorflow")
     module = _BACKEND_MODULES.get(backend)
     if module is None or _importlib_util.find_spec(module) is None:

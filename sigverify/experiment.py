@@ -1,4 +1,4 @@
-"""What wraps every experiment script: flags → config, seeds, strategy, the run folder and its status, and errors that
+"""What wraps every experiment script: flags → settings, seeds, the run folder and its status, and errors that
 reach the user as one line (a bad setting, a bad file) rather than a traceback."""
 
 from __future__ import annotations

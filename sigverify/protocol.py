@@ -1,6 +1,6 @@
 """The honest protocol's repeats: an experiment run once per writer-disjoint fold (`--folds k`) and per seed
 (`--seeds n`), each repeat a complete sub-run in its own folder of the run, then one table of mean ± standard deviation
-with a bootstrap interval over test writers (`sigverify.tables`).
+with a bootstrap interval over test writers (`sigverify.reporting.tables`).
 
 Sub-runs are named `seed<s>` (the default split) or `fold<f>-seed<s>`; a resumed run keeps the finished ones and
 continues an interrupted one from its last checkpoint. With one fold and one seed nothing changes: the experiment

@@ -405,13 +405,14 @@ def config_from_dict(values: dict) -> ExperimentConfig:
     return config
 
 
-def comma_list(value: str | None, flag: str, choices, default=None) -> list[str]:
+def comma_list(value: str | None, flag: str, choices, default=None, what: str = "name") -> list[str]:
     """The names of a comma-separated setting (`--losses semihard,arcface`) in order, once each, all from `choices`;
-    `default` (or every choice) when the setting is unset."""
+    `default` (or every choice) when the setting is unset. `what` names one entry in the error ("unknown loss 'x'")."""
     if value is None:
         return list(default if default is not None else choices)
     names = list(dict.fromkeys(name.strip() for name in str(value).split(",") if name.strip()))
     unknown = [name for name in names if name not in choices]
     if not names or unknown:
-        raise ConfigError(f"{flag} {value!r}: expected comma-separated names from {', '.join(choices)}")
+        problem = f"unknown {what} {unknown[0]!r}" if unknown else "no names"
+        raise ConfigError(f"{flag} {value!r}: {problem}; expected comma-separated names from {', '.join(choices)}")
     return names

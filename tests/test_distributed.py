@@ -1,13 +1,16 @@
 """Training spread over replicas: a triplet smoke run mirrored over 2 logical CPUs and the same run as 2 local workers
-(`python -m sigverify.launch`) against the single-device run, only the chief writing the run folder, and a launch that
-leaves no process behind when a worker fails or the launch is interrupted.
+(`python -m sigverify.launch`) against the single-device run, only the chief writing the run folder, a launch that
+leaves no process behind when a worker fails or the launch is interrupted, and a contrastive step over 2 replicas that
+is the single-device step.
 
 What "close" means here. The trainer all-gathers the replicas' embeddings and labels, so the loss sees the whole global
 batch as on one device (semi-hard negatives mined among all 16 images, not among a replica's 8); the update is then the
-single-device one up to the order of floating-point sums. The first epoch's losses must agree to 1e-4 (measured: 1e-5;
-per-replica mining was 2 % off). Later epochs drift: Adam divides each gradient by its own running magnitude, so
-rounding-level differences in near-zero gradient components become steps of full size, and semi-hard mining can then
-pick another negative: measured 0.01 after 6 steps. Every epoch must agree to 0.05 (5 % of the margin, the loss's scale).
+single-device one up to the order of floating-point sums. The first epoch's training loss must agree to 1e-4 (measured:
+1e-5; per-replica mining was 2 % off). Its validation loss comes after the epoch's three Adam steps, which already
+amplify rounding (below): it must agree to 5e-3 (measured: 7e-4; after one step 2e-6, with SGD 6e-5 after three).
+Later epochs drift: Adam divides each gradient by its own running magnitude, so rounding-level differences in near-zero
+gradient components become steps of full size, and semi-hard mining can then pick another negative: measured 0.01
+after 6 steps. Every epoch must agree to 0.05 (5 % of the margin, the loss's scale).
 The model is VGG16 cut at block3_conv1, which has no BatchNorm: per-replica batch statistics would add a difference
 that the all-gather does not remove. The sharpest check is the third: 2 workers with 1 replica each and 2 mirrored
 replicas do the same arithmetic, so their histories must agree throughout; a worker that read the wrong slice of the
@@ -33,7 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "triplet.py"
 SMOKE_FLAGS = ["--profile", "smoke", "--backbone", "vgg16", "--cut-layer", "block3_conv1", "--gradcam-images", "0",
                "--seed", "3"]
-FIRST_EPOCH_RTOL = 1e-4
+FIRST_EPOCH_RTOL = {"loss": 1e-4, "val_loss": 5e-3}
+SAME_ARITHMETIC_RTOL = 1e-4  # 2 workers × 1 replica against 2 mirrored replicas
 LOSS_ATOL = 0.05
 
 
@@ -70,7 +74,7 @@ def assert_close_to_single_device(run_dir: Path, single_dir: Path) -> None:
     distributed, single = read_history(run_dir / "history.csv"), read_history(single_dir / "history.csv")
     assert distributed["epoch"] == single["epoch"] == [0, 1]
     for key in ("loss", "val_loss"):
-        np.testing.assert_allclose(distributed[key][0], single[key][0], rtol=FIRST_EPOCH_RTOL, err_msg=key)
+        np.testing.assert_allclose(distributed[key][0], single[key][0], rtol=FIRST_EPOCH_RTOL[key], err_msg=key)
         np.testing.assert_allclose(distributed[key], single[key], atol=LOSS_ATOL, err_msg=key)
 
 
@@ -89,7 +93,7 @@ def test_two_local_workers_match_mirrored_and_only_the_chief_writes(runs, workdi
     assert_close_to_single_device(runs["workers"], runs["single"])
     workers, mirrored = read_history(runs["workers"] / "history.csv"), read_history(runs["mirrored"] / "history.csv")
     for key in ("loss", "val_loss"):
-        np.testing.assert_allclose(workers[key], mirrored[key], rtol=FIRST_EPOCH_RTOL, err_msg=key)
+        np.testing.assert_allclose(workers[key], mirrored[key], rtol=SAME_ARITHMETIC_RTOL, err_msg=key)
 
     run_folders = [p for p in (workdir / "runs" / "workers" / "triplet").iterdir() if p.name != "latest"]
     assert run_folders == [runs["workers"]], "the non-chief worker must not create a run folder"

@@ -122,8 +122,8 @@ def test_killed_run_resumes_from_the_last_epoch(tiny_dataset, tmp_path):
     assert completed < 40
     assert not (tmp_path / "runs" / "triplet" / "latest").exists(), "latest moves only when a run has finished"
 
-    resume_args = [a if a != "40" else "4" for a in args]  # the run's own config.yaml wins: 40 epochs stay
-    result = subprocess.run(resume_args + ["--resume", str(run_dir)], cwd=tmp_path, env=env, capture_output=True,
+    # the same flags again: the run's own config.yaml (40 epochs) continues (other settings would be refused)
+    result = subprocess.run(args + ["--resume", str(run_dir)], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     history_rows = (run_dir / "history.csv").read_text().splitlines()[1:]

@@ -111,7 +111,7 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_dataset, tmp_path, damage, caplog
     paths = sorted(str(p) for p in (tiny_dataset / "full_org").glob("*.png"))[:3]
     config = PreprocessConfig((32, 32))
     first, _, _ = load_preprocessed_images(paths, config, tmp_path, progress=False)
-    entry = sorted((tmp_path / f"preprocessed-{config.cache_key()}").glob("*.npy"))[0]
+    entry = min((tmp_path / f"preprocessed-{config.cache_key()}").glob("*.npy"))
     if damage == "truncated":
         entry.write_bytes(entry.read_bytes()[:40])
     elif damage == "wrong shape":

@@ -23,7 +23,7 @@ POST_BEST_MAX_ACCURACY = MODEL_ZOO["small_resnet50"].reported_max_accuracy  # 0.
 
 def selected_starts(starts: str | None) -> list[str]:
     """The `--starts` names in order (default: every start of STARTS)."""
-    return comma_list(starts, "--starts", STARTS)
+    return comma_list(starts, "--starts", STARTS, what="start")
 
 
 def pretraining_methods(starts: list[str]) -> list[str]:

@@ -66,7 +66,7 @@ class OneDevice:
 
 def make_distribution(name: str = "auto",
                       cpu_devices: int | None = None) -> keras.distribution.DataParallel | OneDevice:
-    """The keras.distribution counterpart of `sigverify.distribute.make_strategy`: auto and mirrored replicate the
+    """The keras.distribution counterpart of `sigverify.training.tf_engine.make_strategy`: auto and mirrored replicate the
     model on every accelerator (on every CPU device when there is none) and split each batch between them
     (DataParallel; OneDevice when there is one); cpu: one CPU device. multiworker is tf.distribute's (TensorFlow
     backend only)."""
@@ -94,7 +94,7 @@ def describe_distribution(distribution: keras.distribution.DataParallel | OneDev
 
 def set_precision(mixed: bool) -> str:
     """float32, or mixed precision: float16 compute on a GPU, bfloat16 otherwise (losses and the L2 normalization stay
-    float32), as `sigverify.distribute.set_precision` picks it. Returns the policy name."""
+    float32), as `sigverify.training.tf_engine.set_precision` picks it. Returns the policy name."""
     if not mixed:
         policy = "float32"
     else:
