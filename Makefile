@@ -77,7 +77,7 @@ test: install
 # BENCH_ARGS="--loss-sweep --profile-step" adds the loss at B = 1024..16384 and a step's parts; on a CPU pass a small
 # size: BENCH_ARGS="--image-size 64 --batch-size 8 --steps 3".
 bench-gpu: install
-	$(PY) -m sigverify.bench_gpu $(BENCH_ARGS)
+	KERAS_BACKEND=jax $(PY) -m sigverify.bench_gpu $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check sigverify experiments tests benchmarks

@@ -37,14 +37,14 @@ def _native_stderr_silenced():
 
 def _start_keras() -> None:
     """Import Keras (and TensorFlow with its devices listed, which is when CUDA is probed) quietly, after checking that
-    KERAS_BACKEND names a backend that is installed: a one-line error and exit 2 otherwise."""
-    argv = getattr(_sys, "orig_argv", [])
-    if "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "sigverify.bench_gpu":
-        # `python -m sigverify.bench_gpu` measures the JAX backend (the GPU machines have no TensorFlow): its default.
-        _os.environ.setdefault("KERAS_BACKEND", "jax")
-    backend = _os.environ.get("KERAS_BACKEND", "tensorflow")
-    module = _BACKEND_MODULES.get(backend)
+    KERAS_BACKEND, where it is set, names a backend that is installed: a one-line error and exit 2 otherwise. Unset, it
+    means TensorFlow; on a machine without it nothing is imported here (`python -m sigverify.bench_gpu` then picks JAX
+    for its measurements)."""
+    backend = _os.environ.get("KERAS_BACKEND")
+    module = _BACKEND_MODULES.get(backend or "tensorflow")
     if module is None or _importlib_util.find_spec(module) is None:
+        if backend is None:
+            return
         installed = [name for name, mod in _BACKEND_MODULES.items() if _importlib_util.find_spec(mod) is not None]
         why = "not a Keras backend" if module is None else f"{module} is not installed"
         _sys.stderr.write(f"error: KERAS_BACKEND={backend}: {why}; expected one of the installed backends: "
@@ -54,7 +54,7 @@ def _start_keras() -> None:
     with _native_stderr_silenced():
         import keras  # noqa: F401
 
-        if backend == "tensorflow":
+        if module == "tensorflow":
             import tensorflow
 
             tensorflow.config.list_physical_devices()  # physical only: logical CPU devices can still be split

@@ -253,13 +253,14 @@ def print_loss_sweep(results: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Keras reads its backend when first imported: JAX unless the process already runs Keras on another backend.
+    # Keras reads its backend when first imported: JAX unless the process already runs Keras on another backend (the
+    # package starts TensorFlow's where it is installed and KERAS_BACKEND is unset).
     os.environ["KERAS_BACKEND"] = "jax"
     import keras
 
     if keras.backend.backend() != "jax":
         print(f"error: Keras already runs on {keras.backend.backend()} in this process; expected jax "
-              "(run python -m sigverify.bench_gpu in its own process)", file=sys.stderr)
+              "(KERAS_BACKEND=jax python -m sigverify.bench_gpu)", file=sys.stderr)
         return 2
     if len(args.precision) == 1:
         training = [benchmark_training(args, args.precision[0])]

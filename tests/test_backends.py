@@ -314,7 +314,7 @@ def test_bench_gpu_runs_on_the_cpu_at_a_small_size(tmp_path):
     done = subprocess.run([sys.executable, "-m", "sigverify.bench_gpu", "--image-size", "32", "--batch-size", "8",
                            "--cut-layer", "conv2_block3_out", "--steps", "2", "--warmup", "1", "--loss-sweep",
                            "--sweep-sizes", "16,64", "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=backend_env("jax"))
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     assert [r["precision"] for r in results["training"]] == ["float32", "mixed_bfloat16"]
