@@ -19,7 +19,6 @@ import subprocess
 import sys
 
 from common import (
-    BENCHMARKS_DIR,
     GIB,
     MIB,
     limit_address_space,
@@ -29,9 +28,6 @@ from common import (
     rss_bytes,
     write_results,
 )
-
-# The tiled reference lives with the tests' oracles (tests/metric_oracles.py): the repository root must be importable.
-sys.path.insert(0, str(BENCHMARKS_DIR.parent))
 
 IMPLEMENTATIONS = ("ours", "naive")
 EMBEDDING_DIM = 256

@@ -1,6 +1,7 @@
 """Training-step measurements shared by bench-train and bench-pipeline: images per second of one triplet training step
 (the same step as `sigverify.training.tf_engine.Trainer` runs per replica: forward, TripletSemiHardLoss, backward, Adam), the FLOPs
-of a model counted from its layer shapes, and TensorFlow's own matrix-multiply peak on this machine."""
+of a model counted from its layer shapes (`sigverify.bench_gpu.forward_flops`, the GPU benchmark's count), and
+TensorFlow's own matrix-multiply peak on this machine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from common import fastest_and_cpu_seconds
 
+from sigverify.bench_gpu import forward_flops as forward_flops_per_image  # noqa: F401  (bench-train counts with it)
 from sigverify.losses import TripletSemiHardLoss
 from sigverify.models.embedding import build_embedding_model
 
@@ -25,30 +27,6 @@ def matmul_gflops(size: int = 4096, dtype: str = "float32") -> tuple[float, floa
     product()
     wall, cpu = fastest_and_cpu_seconds(lambda: product().numpy(), repeats=5)
     return 2 * size**3 / wall / 1e9, 2 * size**3 / cpu / 1e9
-
-
-def _layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
-
-
-def forward_flops_per_image(model: keras.Model) -> int:
-    """Multiply-adds × 2 of every convolution and dense layer for one image (batch-norm, activations, pooling and the
-    loss are left out: a few percent)."""
-    total = 0
-    for layer in _layers(model):
-        if isinstance(layer, keras.layers.Conv2D):
-            kernel_h, kernel_w, channels_in_per_group, channels_out = layer.kernel.shape
-            _, out_h, out_w, _ = layer.output.shape
-            total += 2 * out_h * out_w * channels_out * kernel_h * kernel_w * channels_in_per_group
-        elif isinstance(layer, keras.layers.Dense):
-            units_in, units_out = layer.kernel.shape
-            positions = int(np.prod(layer.output.shape[1:-1])) if len(layer.output.shape) > 2 else 1
-            total += 2 * positions * units_in * units_out
-    return int(total)
 
 
 def triplet_model(cut_layer: str, image_size: int) -> keras.Model:
