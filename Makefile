@@ -71,7 +71,7 @@ exp-pretrain-compare: install
 	$(PY) experiments/pretrain_compare.py $(EXPERIMENT_FLAGS) $(if $(STARTS),--starts $(STARTS)) $(if $(UNLABELLED),--unlabelled $(UNLABELLED))
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # Training speed of the blog profile on the JAX backend (float32 and mixed_bfloat16: images/s, TFLOP/s, peak memory).
 # BENCH_ARGS="--loss-sweep --profile-step" adds the loss at B = 1024..16384 and a step's parts; on a CPU pass a small

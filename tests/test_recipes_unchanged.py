@@ -35,6 +35,16 @@ RECIPES = {
     "pretrain": ["pretrain.py", "--method", "simclr"],
     "pretrain-compare": ["pretrain_compare.py", "--starts", "random,synthetic"],
 }
+# What the test runs of each recipe, and the sub-runs that gives (the recording has more): each of these sub-runs
+# seeds itself and does not depend on which others ran, and the ones left out train what the triplet recipe trains.
+# The zoo runs whole: the first model with a backbone also makes the process's one ImageNet download attempt (a
+# throw-away model) after its seed is set, so its numbers depend on being first.
+CHECKED = {
+    "triplet": ([], ["."]), "contrastive": ([], ["."]), "pretrain": (RECIPES["pretrain"][1:], ["."]),
+    "models": (RECIPES["models"][1:], ["base_cnn-seed0", "pretrained_resnet50-seed0", "smaller_resnet50-seed0"]),
+    "losses": (["--losses", "contrastive,arcface"], ["arcface-seed0", "contrastive-seed0"]),
+    "pretrain-compare": (["--starts", "synthetic"], ["pretrain-synthetic", "synthetic-seed0"]),
+}
 
 
 def recipe_numbers(run_dir: Path) -> dict:
@@ -56,8 +66,10 @@ def recipe_numbers(run_dir: Path) -> dict:
     return numbers
 
 
-def run_recipe(name: str, dataset: Path, workdir: Path) -> dict:
+def run_recipe(name: str, dataset: Path, workdir: Path, extra_args: list[str] | None = None) -> dict:
     script, *extra = RECIPES[name]
+    if extra_args is not None:
+        extra = extra_args
     result = run_experiment_script(script, "--profile", "smoke", "--data", dataset, "--runs", workdir / "runs",
                                    "--seed", "0", "--deterministic", *extra, cwd=workdir)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -101,7 +113,8 @@ def recorded() -> dict:
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_smoke_recipe_gives_the_recorded_numbers(name, recorded, tiny_dataset, tmp_path):
-    problems = compare(recorded[name], run_recipe(name, tiny_dataset, tmp_path))
+    args, sub_runs = CHECKED[name]
+    problems = compare({run: recorded[name][run] for run in sub_runs}, run_recipe(name, tiny_dataset, tmp_path, args))
     assert not problems, "\n".join(problems)
 
 
