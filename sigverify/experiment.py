@@ -31,8 +31,6 @@ log = logging.getLogger("sigverify")
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 3
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class Interrupted(BaseException):
