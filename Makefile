@@ -88,7 +88,7 @@ clean-cache:
 # Multi-worker training on this machine: WORKERS processes of one MultiWorkerMirroredStrategy cluster, each with its
 # own TF_CONFIG on loopback ports; worker 0 (the chief) writes the run folder (README, "Scaling").
 WORKERS ?= 2
-.PHONY: exp-triplet-multiworker bench bench-loss bench-train bench-pipeline bench-contrastive
+.PHONY: exp-triplet-multiworker bench bench-loss bench-train bench-pipeline bench-contrastive bench-gallery bench-verify
 
 exp-triplet-multiworker: install $(if $(DATA),,data-synthetic)
 	$(PY) -m sigverify.launch --workers $(WORKERS) experiments/triplet.py $(EXPERIMENT_FLAGS)
@@ -96,7 +96,7 @@ exp-triplet-multiworker: install $(if $(DATA),,data-synthetic)
 # Benchmarks (not tests; CI does not run them): results in benchmarks/results/<name>.json, the table in
 # benchmarks/README.md. BENCH_ARGS="--full" gives bench-train, bench-pipeline and bench-contrastive more steps.
 BENCH_ARGS ?=
-bench: bench-loss bench-train bench-pipeline bench-contrastive
+bench: bench-loss bench-train bench-pipeline bench-contrastive bench-gallery bench-verify
 	$(PY) benchmarks/table.py
 
 bench-loss: install
@@ -110,3 +110,9 @@ bench-pipeline: install
 
 bench-contrastive: install
 	$(PY) benchmarks/bench_contrastive.py $(BENCH_ARGS)
+
+bench-gallery: install
+	$(PY) benchmarks/bench_gallery.py $(BENCH_ARGS)
+
+bench-verify: install
+	$(PY) benchmarks/bench_verify.py

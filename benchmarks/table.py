@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from common import BENCHMARKS_DIR, RESULTS_DIR
+from common import BENCHMARKS_DIR, MIB, RESULTS_DIR
 
 README = BENCHMARKS_DIR / "README.md"
 BEGIN, END = "<!-- results: written by benchmarks/table.py -->", "<!-- end of results -->"
@@ -73,7 +73,40 @@ def contrastive_section(result: dict) -> list[str]:
     return lines
 
 
-SECTIONS = {"loss": loss_section, "train": train_section, "pipeline": pipeline_section, "contrastive": contrastive_section}
+def gallery_section(result: dict) -> list[str]:
+    summary, settings = result["summary"], result["settings"]
+    under_target = summary["exact_p50_under_target_up_to"]
+    lines = [(f"### bench-gallery: nearest of {summary['references']:,} references ({settings['metric']}, "
+              f"{settings['embedding_dim']}-d, one query at a time, k = {settings['k']})"), "",
+             ("| search | references | p50 ms | p95 ms | recall@1: reference / writer | build s | index MiB "
+              "| peak RSS growth MiB |"), "|---|---|---|---|---|---|---|---|"]
+    for r in result["results"]:
+        if r["search"] == "exact":
+            lines.append(f"| exact | {r['references']:,} | {r['p50_ms']:,.2f} | {r['p95_ms']:,.2f} | (the reference) | — | — | — |")
+        else:
+            lines.append(f"| {r['search']} | {r['references']:,} | {r['p50_ms']:,.2f} | {r['p95_ms']:,.2f} | "
+                         f"{r['recall_at_1']:.3f} / {r['writer_agreement_at_1']:.3f} | {r['build_seconds']:.0f} | "
+                         f"{r['index_bytes'] / MIB:,.0f} | {r['peak_rss_growth_bytes'] / MIB:,.0f} |")
+    lines += ["", (f"Exact search's top-1 reference is the query's writer for {summary['exact_top1_is_query_writer']:.0%} "
+                   f"of the queries. `EXACT_SEARCH_MAX_REFERENCES` = {summary['exact_search_max_references']:,}; exact "
+                   f"p50 stayed under 10 ms up to {f'{under_target:,}' if under_target else 'none of the measured'} references.")]
+    return lines
+
+
+def verify_section(result: dict) -> list[str]:
+    summary, settings = result["summary"], result["settings"]
+    cold = summary["cold_start"]
+    return [(f"### bench-verify: one questioned signature against {settings['references']} references "
+             f"({settings['model']}, {settings['image_size']}²)"), "",
+            "| in process p50 ms | p95 ms | target ms | CLI call s | import s | model load s | first call s |",
+            "|---|---|---|---|---|---|---|",
+            (f"| {summary['in_process_verify_ms_p50']:.1f} | {summary['in_process_verify_ms_p95']:.1f} | "
+             f"{summary['target_ms']} | {summary['cli_call_s_median']:.1f} | {cold['import_s']:.1f} | "
+             f"{cold['model_load_s']:.1f} | {cold['first_call_s']:.1f} |")]
+
+
+SECTIONS = {"loss": loss_section, "train": train_section, "pipeline": pipeline_section, "contrastive": contrastive_section,
+            "gallery": gallery_section, "verify": verify_section}
 
 
 def render() -> str:

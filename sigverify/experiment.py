@@ -41,7 +41,11 @@ class Interrupted(BaseException):
         self.exit_code = 128 + signum
 
 
+_signals_received: list[int] = []
+
+
 def _raise_interrupted(signum, frame):
+    _signals_received.append(signum)
     raise Interrupted(signum)
 
 
@@ -99,6 +103,7 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    _signals_received.clear()
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     run = None
     chief, created = True, False
@@ -126,15 +131,7 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
         _print_summary(metrics)
         return 0
     except Interrupted as why:
-        if run is not None:
-            run.set_status("interrupted", f"stopped by {why}")
-            target = f"exp-{experiment}" + ("-multiworker" if config.devices.strategy == "multiworker" else "")
-            if chief:
-                print(f"\ninterrupted ({why}). The last completed epoch is checkpointed; continue with:\n"
-                      f"  make {target} RESUME={run.path}   (or: --resume {run.path})", file=sys.stderr)
-        else:
-            print(f"\ninterrupted ({why}) before a run folder was made", file=sys.stderr)
-        return why.exit_code
+        return _report_interruption(why, run, experiment, config, chief)
     except SigverifyError as error:
         if run is not None and created and isinstance(error, ConfigError) and not _holds_training(run):
             shutil.rmtree(run.path, ignore_errors=True)
@@ -147,6 +144,8 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:
+        if _signals_received:  # the signal's exception was raised inside C code (TensorFlow tracing) and came back as another
+            return _report_interruption(Interrupted(_signals_received[-1]), run, experiment, config, chief)
         if run is not None:
             run.set_status("failed", f"{type(error).__name__}: {error}")
         raise
@@ -154,6 +153,19 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
         stack.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _report_interruption(why: Interrupted, run, experiment: str, config, chief: bool) -> int:
+    """Mark the run interrupted, say how to resume it, and return the signal's exit code."""
+    if run is not None:
+        run.set_status("interrupted", f"stopped by {why}")
+        target = f"exp-{experiment}" + ("-multiworker" if config.devices.strategy == "multiworker" else "")
+        if chief:
+            print(f"\ninterrupted ({why}). The last completed epoch is checkpointed; continue with:\n"
+                  f"  make {target} RESUME={run.path}   (or: --resume {run.path})", file=sys.stderr)
+    else:
+        print(f"\ninterrupted ({why}) before a run folder was made", file=sys.stderr)
+    return why.exit_code
 
 
 def check_writable(folder: Path, option: str) -> None:

@@ -36,6 +36,17 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return make_synthetic_dataset(tmp_path_factory.mktemp("data"))
 
 
+@pytest.fixture(scope="session")
+def triplet_smoke_run(tiny_dataset, tmp_path_factory):
+    """(work folder, run folder, completed process) of one `experiments/triplet.py --profile smoke` run on the tiny
+    dataset, shared by the tests that read a finished run (copy it before writing into it)."""
+    workdir = tmp_path_factory.mktemp("work")
+    result = run_experiment_script("triplet.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
+                                   workdir / "runs", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir, (workdir / "runs" / "triplet" / "latest").resolve(), result
+
+
 def run_experiment_script(script: str, *args, cwd: Path, env_extra: dict | None = None,
                           timeout: int = 600) -> subprocess.CompletedProcess:
     """`python experiments/<script> args...` in `cwd`, with a preprocessing cache of its own under `cwd`."""

@@ -43,7 +43,10 @@ NEUTRAL_MODULES = ["sigverify.distances", "sigverify.losses", "sigverify.models.
                    "sigverify.reporting.report", "sigverify.reporting.run_files", "sigverify.data.samplers",
                    "sigverify.data.augment", "sigverify.data.prepare", "sigverify.steps", "sigverify.experiment",
                    "sigverify.training", "sigverify.training.engine", "sigverify.training.jax_engine",
-                   "sigverify.pretrain.run", "sigverify.bench_gpu"]
+                   "sigverify.pretrain.run", "sigverify.bench_gpu", "sigverify.evaluation.writer_dependent",
+                   "sigverify.verification.trained_run", "sigverify.verification.calibration",
+                   "sigverify.verification.gallery", "sigverify.verification.search", "sigverify.verification.decisions",
+                   "sigverify.verification.scoring", "sigverify.verification.evaluate", "sigverify.cli"]
 # The experiment scripts the JAX engine trains: imported (not run) with TensorFlow unimportable.
 NEUTRAL_SCRIPTS = ["experiments/triplet.py", "experiments/contrastive.py", "experiments/pretrain.py"]
 

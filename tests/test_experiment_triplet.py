@@ -22,17 +22,8 @@ RUN_FILES = ["config.yaml", "metrics.json", "metrics.csv", "report.md", "model.k
              "density_hard.png", "density_easy.png", "roc.png", "history.png", "gradcam.png", "status.json"]
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tiny_dataset, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("work")
-    result = run_experiment_script("triplet.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
-                                   workdir / "runs", cwd=workdir)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return workdir, (workdir / "runs" / "triplet" / "latest").resolve(), result
-
-
-def test_smoke_run_writes_the_whole_run_folder(smoke_run):
-    _, run_dir, result = smoke_run
+def test_smoke_run_writes_the_whole_run_folder(triplet_smoke_run):
+    _, run_dir, result = triplet_smoke_run
     for name in RUN_FILES:
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -55,8 +46,8 @@ def test_smoke_run_writes_the_whole_run_folder(smoke_run):
     assert "hard pairs: max accuracy" in result.stdout
 
 
-def test_verify_uses_the_run(smoke_run, tiny_dataset):
-    _, run_dir, _ = smoke_run
+def test_verify_uses_the_run(triplet_smoke_run, tiny_dataset):
+    _, run_dir, _ = triplet_smoke_run
     a = tiny_dataset / "full_org" / "original_1_1.png"
     b = tiny_dataset / "full_forg" / "forgeries_1_1.png"
     out = subprocess.run([sys.executable, "-m", "sigverify.cli", "verify", "--run", str(run_dir), str(a), str(b)],

@@ -21,7 +21,7 @@ from sigverify.errors import ConfigError
 from sigverify.models.embedding import validate_unfreeze_layer
 from sigverify.settings import build_config
 from sigverify.training.engine import NonFiniteLoss
-from sigverify.verify import read_finished_run
+from sigverify.verification.trained_run import read_finished_run
 from tests.conftest import REPO, make_synthetic_dataset, run_experiment_script
 
 

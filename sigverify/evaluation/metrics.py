@@ -203,52 +203,71 @@ def all_pair_distances(embeddings, metric: str = "cosine") -> np.ndarray:
     raise DataError(f"evaluation metric {metric!r} is not known; expected cosine, euclidean or squared-euclidean")
 
 
+REFERENCE_RULES = {"mean": np.mean, "min": np.min}  # how K distances to enrolled references become one score
+
+
+def reference_scores(distances: np.ndarray, writers, genuine, count: int, draws: int = 10,
+                     rng: np.random.Generator | None = None, max_random_per_writer: int | None = None) -> dict | None:
+    """Scores against `count` enrolled references, as a deployed system computes them: for each writer with more than
+    `count` genuine signatures, `count` of them are enrolled (drawn at random, `draws` times), and each questioned
+    signature gets the mean and the minimum of its distances (`distances`: N×N, all pairs) to the references.
+    Questioned: the writer's other genuine signatures ("genuine"), their skilled forgeries ("skilled") and other
+    writers' genuine signatures ("random"; at most `max_random_per_writer` per draw, drawn at random, if given).
+
+    Returns {(rule, kind): float64 array of scores} with rule "mean" / "min", or None when no writer has enough
+    genuine signatures."""
+    writers = np.asarray(writers).ravel()
+    genuine = np.asarray(genuine).ravel().astype(bool)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    scores = {(rule, kind): [] for rule in REFERENCE_RULES for kind in ("genuine", "skilled", "random")}
+    eligible = [w for w in np.unique(writers) if np.sum(genuine & (writers == w)) > count]
+    for writer in eligible:
+        own_genuine = np.flatnonzero(genuine & (writers == writer))
+        questioned = {"skilled": np.flatnonzero(~genuine & (writers == writer)),
+                      "random": np.flatnonzero(genuine & (writers != writer))}
+        for _ in range(draws):
+            enrolled = rng.choice(own_genuine, size=count, replace=False)
+            questioned["genuine"] = np.setdiff1d(own_genuine, enrolled)
+            for kind, rows in questioned.items():
+                if kind == "random" and max_random_per_writer is not None and len(rows) > max_random_per_writer:
+                    rows = rng.choice(rows, size=max_random_per_writer, replace=False)
+                to_references = distances[np.ix_(rows, enrolled)]
+                for rule, reduce in REFERENCE_RULES.items():
+                    scores[rule, kind].append(reduce(to_references, axis=1))
+    if not eligible:
+        return None
+    return {key: np.concatenate(parts) if parts else np.array([]) for key, parts in scores.items()}
+
+
 def reference_verification(embeddings, writers, genuine, reference_counts=(1, 5, 12), metric: str = "cosine",
                            draws: int = 10, seed: int = 0) -> dict:
-    """Verification against K enrolled references, as a deployed system does it: for each writer, K of their genuine
-    signatures are enrolled (drawn at random, `draws` times per writer); each questioned signature gets the mean and
-    the minimum of its distances to the K references. Questioned: the writer's other genuine signatures (positive),
-    their skilled forgeries (negative, "hard") and every other writer's genuine signatures (negative, "easy").
+    """EERs of verification against K enrolled references (`reference_scores`: mean and min of the distances to
+    them), over all writers and draws pooled.
 
-    Returns {str(K): {"mean": {"hard": {"eer", "eer_interpolated"}, "easy": {...}}, "min": {...}, "n_writers": n}}
-    over all writers and draws pooled; None for a K that no writer has K + 1 genuine signatures for.
+    Returns {str(K): {"mean": {"hard": {"eer", "eer_interpolated"}, "easy": {...}}, "min": {...}, "n_writers": n}};
+    None for a K that no writer has K + 1 genuine signatures for.
     """
     writers = np.asarray(writers).ravel()
     genuine = np.asarray(genuine).ravel().astype(bool)
     distances = all_pair_distances(embeddings, metric)
     results: dict = {}
     for count in reference_counts:
-        rng = np.random.default_rng([seed, count])
-        scores = {(aggregate, kind): ([], []) for aggregate in ("mean", "min") for kind in ("genuine", "skilled",
-                                                                                             "random")}
-        eligible = [w for w in np.unique(writers) if np.sum(genuine & (writers == w)) > count]
-        for writer in eligible:
-            own_genuine = np.flatnonzero(genuine & (writers == writer))
-            questioned = {"skilled": np.flatnonzero(~genuine & (writers == writer)),
-                          "random": np.flatnonzero(genuine & (writers != writer))}
-            for _ in range(draws):
-                enrolled = rng.choice(own_genuine, size=count, replace=False)
-                questioned["genuine"] = np.setdiff1d(own_genuine, enrolled)
-                for kind, rows in questioned.items():
-                    to_references = distances[np.ix_(rows, enrolled)]
-                    for aggregate, reduce in (("mean", np.mean), ("min", np.min)):
-                        scores[aggregate, kind][0].append(reduce(to_references, axis=1))
-        if not eligible:
+        scores = reference_scores(distances, writers, genuine, count, draws, np.random.default_rng([seed, count]))
+        if scores is None:
             results[str(count)] = None
             continue
-        entry: dict = {"n_writers": len(eligible)}
-        for aggregate in ("mean", "min"):
-            entry[aggregate] = {}
+        entry: dict = {"n_writers": int(sum(np.sum(genuine & (writers == w)) > count for w in np.unique(writers)))}
+        for rule in REFERENCE_RULES:
+            entry[rule] = {}
+            positive = scores[rule, "genuine"]
             for set_name, negative_kind in (("hard", "skilled"), ("easy", "random")):
-                positive = np.concatenate(scores[aggregate, "genuine"][0])
-                negative = np.concatenate(scores[aggregate, negative_kind][0] or [np.array([])])
+                negative = scores[rule, negative_kind]
                 if not len(negative):
-                    entry[aggregate][set_name] = None
+                    entry[rule][set_name] = None
                     continue
                 set_metrics = verification_metrics(np.concatenate([positive, negative]),
                                                    np.r_[np.ones(len(positive), int), np.zeros(len(negative), int)])
-                entry[aggregate][set_name] = {"eer": set_metrics["eer"],
-                                              "eer_interpolated": set_metrics["eer_interpolated"]}
+                entry[rule][set_name] = {"eer": set_metrics["eer"], "eer_interpolated": set_metrics["eer_interpolated"]}
         results[str(count)] = entry
     return results
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from sigverify.data.prepare import ExperimentData
+from sigverify.data.prepare import ExperimentData, SplitData
 from sigverify.evaluation.baselines import raw_pixel_embeddings
 from sigverify.evaluation.metrics import (
     BOOTSTRAP_RESAMPLES,
@@ -41,10 +41,19 @@ def evaluate_model(model: keras.Model, data: ExperimentData, distance: str = "co
     if embeddings is None:
         embeddings = embed(model, data.test.images), embed(model, data.train.images)
     test_embeddings, train_embeddings = embeddings
-    metrics, scores = evaluate_embeddings(test_embeddings, data.test.pairs, metric=distance,
-                                          train_embeddings=train_embeddings, train_pairs=data.train.pairs)
-    writers, genuine = data.test.index["writer"].to_numpy(), data.test.index["genuine"].to_numpy()
-    pairs_by_set = {name: PAIR_SETS[name](data.test.pairs) for name in scores}
+    metrics, scores = score_test_split(test_embeddings, data.test, distance, train_embeddings, data.train.pairs)
+    return Evaluation(metrics, scores, test_embeddings, train_embeddings)
+
+
+def score_test_split(test_embeddings: np.ndarray, test: SplitData, distance: str = "cosine",
+                     train_embeddings: np.ndarray | None = None, train_pairs=None) -> tuple[dict, dict[str, PairSetScores]]:
+    """The metrics of a split's pairs from its embeddings (float32 N×D, rows of `test.index`): the pair sets (with
+    the honest threshold when training embeddings and pairs are given), verification against K references, writer
+    identification and bootstrap intervals over the split's writers. Returns (metrics, scores per pair set)."""
+    metrics, scores = evaluate_embeddings(test_embeddings, test.pairs, metric=distance,
+                                          train_embeddings=train_embeddings, train_pairs=train_pairs)
+    writers, genuine = test.index["writer"].to_numpy(), test.index["genuine"].to_numpy()
+    pairs_by_set = {name: PAIR_SETS[name](test.pairs) for name in scores}
     intervals = {name: bootstrap_intervals([WriterPairScores(s.distances, s.same, pairs_by_set[name]["writer"].to_numpy(),
                                                              metrics[name]["train_threshold"])],
                                            n_resamples=BOOTSTRAP_RESAMPLES)
@@ -55,7 +64,7 @@ def evaluate_model(model: keras.Model, data: ExperimentData, distance: str = "co
         "identification": identification_metrics(test_embeddings, writers, genuine, distance),
         "confidence_intervals": {"level": 0.95, "resamples": BOOTSTRAP_RESAMPLES, "over": "test writers", **intervals},
     })
-    return Evaluation(metrics, scores, test_embeddings, train_embeddings)
+    return metrics, scores
 
 
 def reference_points(model: keras.Model, data: ExperimentData) -> dict:

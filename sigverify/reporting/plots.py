@@ -424,3 +424,34 @@ def plot_accuracy_by_start(summary, frozen: dict[str, float], start_names: dict[
     axes.set_title(title)
     axes.legend(loc="upper left", fontsize="small")
     return _save(figure, path)
+
+
+DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6)
+
+
+def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "DET curves") -> Path:
+    """Detection error trade-off: FRR against FAR on normal-deviate axes (straight lines for Gaussian scores), one
+    curve per entry of `curves` {label: (far, frr)}; rates of 0 or 1 are drawn at the axes' ends (0.05 %, 60 %)."""
+    from scipy.stats import norm
+
+    lowest, highest = 0.0005, DET_TICKS[-1]
+    figure = _new_figure(7, 6)
+    axes = figure.subplots()
+    for label, (far, frr) in curves.items():
+        far, frr = (np.clip(np.asarray(rates, dtype=np.float64), lowest, highest) for rates in (far, frr))
+        axes.plot(norm.ppf(far), norm.ppf(frr), label=label)
+    ticks = norm.ppf(DET_TICKS)
+    labels = [f"{100 * tick:g}%" for tick in DET_TICKS]
+    for set_ticks, set_labels, set_limits in ((axes.set_xticks, axes.set_xticklabels, axes.set_xlim),
+                                              (axes.set_yticks, axes.set_yticklabels, axes.set_ylim)):
+        set_ticks(ticks)
+        set_labels(labels)
+        set_limits(norm.ppf(lowest), norm.ppf(highest))
+    axes.plot([norm.ppf(lowest), norm.ppf(highest)], [norm.ppf(lowest), norm.ppf(highest)], color="grey",
+              linestyle=":", label="FAR = FRR")
+    axes.set_xlabel("false acceptance rate (forgeries accepted)")
+    axes.set_ylabel("false rejection rate (genuine signatures rejected)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small", loc="lower left")
+    axes.set_title(title, fontsize="medium")
+    return _save(figure, path)

@@ -47,10 +47,32 @@ def _protocol_lines(metrics: dict) -> list[str]:
     return lines
 
 
+def _metrics_table(metrics: dict, honest_key: str, honest_column: str) -> list[str]:
+    """The metrics of both pair sets as a Markdown table, the last column the accuracy at a threshold not chosen on
+    these pairs (`honest_key` of each set)."""
+    lines = [f"| pairs | max accuracy | EER (authors') | EER (interpolated) | AUC | {honest_column} |",
+             "|---|---|---|---|---|---|"]
+    for name, label in (("hard", "skilled forgeries"), ("easy", "random forgeries")):
+        values = metrics.get(name)
+        if values:
+            lines.append(f"| {label} | {_fmt(values['max_accuracy'])} | {_fmt(values['eer'])} | "
+                         f"{_fmt(values['eer_interpolated'])} | {_fmt(values['auc'])} | "
+                         f"{_fmt(values.get(honest_key))} |")
+    return lines
+
+
+def _figure_lines(figures) -> list[str]:
+    names = set(figures)
+    lines = ["", "## Figures", ""]
+    for file_name, caption in FIGURE_CAPTIONS:
+        if file_name in names:
+            lines += [f"### {caption}", "", f"![{caption}]({file_name})", ""]
+    return lines
+
+
 def write_report(run: RunFolder, metrics: dict, figures) -> None:
     """report.md from `metrics` (what metrics.json holds: the settings summary, facts and metrics); `figures` are the
     file names in the run folder, of which the known figures are shown."""
-    names = set(figures)
     settings = metrics["settings"]
     post = metrics.get("post_figure")
     lines = [f"# {settings['experiment']} run `{run.path.name}`", ""]
@@ -73,15 +95,8 @@ def write_report(run: RunFolder, metrics: dict, figures) -> None:
         "",
         "## Metrics",
         "",
-        "| pairs | max accuracy | EER (authors') | EER (interpolated) | AUC | accuracy at training-writer threshold |",
-        "|---|---|---|---|---|---|",
+        *_metrics_table(metrics, "accuracy_at_train_threshold", "accuracy at training-writer threshold"),
     ]
-    for name, label in (("hard", "skilled forgeries"), ("easy", "random forgeries")):
-        values = metrics.get(name)
-        if values:
-            lines.append(f"| {label} | {_fmt(values['max_accuracy'])} | {_fmt(values['eer'])} | "
-                         f"{_fmt(values['eer_interpolated'])} | {_fmt(values['auc'])} | "
-                         f"{_fmt(values['accuracy_at_train_threshold'])} |")
     lines += _protocol_lines(metrics)
     references = metrics.get("reference_points")
     if references:
@@ -101,8 +116,52 @@ def write_report(run: RunFolder, metrics: dict, figures) -> None:
     lines += ["", ("Max accuracy and EER use the oracle threshold chosen on the test pairs themselves, as the post did; "
                    "the last column applies the threshold chosen on the training writers' pairs (an honest figure)."),
               ""]
-    lines += ["", "## Figures", ""]
-    for file_name, caption in FIGURE_CAPTIONS:
-        if file_name in names:
-            lines += [f"### {caption}", "", f"![{caption}]({file_name})", ""]
+    lines += _figure_lines(figures)
+    write_text(run.file("report.md"), "\n".join(lines) + "\n")
+
+
+def write_evaluation_report(run: RunFolder, metrics: dict, figures) -> None:
+    """report.md of `sigverify evaluate`: a trained run's model on another dataset, every writer a test writer."""
+    source = metrics["source_run"]
+    lines = [f"# Evaluation `{run.path.name}`: run `{source['path']}` on another dataset", "",
+             (f"- dataset: {metrics['dataset']} (layout {metrics['layout']}); {len(metrics['test_writers'])} writers, "
+              f"all test writers; {metrics['n_test_images']} images"
+              + (f" ({metrics['duplicates_dropped']} byte-identical duplicate file(s) inside a writer counted once)"
+                 if metrics.get("duplicates_dropped") else "")),
+             (f"- model: {source.get('model_description', 'unknown')} from a `{source['experiment']}` run on "
+              f"{source['dataset']}; weights {source.get('weights', 'unknown')}; model.keras sha256 "
+              f"{source['model_sha256'][:16]}…"),
+             f"- preprocessing: image {source['image_size']}×{source['image_size']}, as the run trained",
+             (f"- distance: {metrics['distance']}; pairs: {metrics['n_pairs']['hard']} hard (genuine vs skilled), "
+              f"{metrics['n_pairs']['easy']} easy (genuine vs random)"), "", "## Metrics", "",
+             *_metrics_table(metrics, "accuracy_at_run_threshold", "accuracy at the run's training-writer threshold")]
+    lines += _protocol_lines(metrics)
+    raw = metrics.get("raw_pixels") or {}
+    if raw:
+        lines += ["", (f"Raw pixels on the same pairs (cosine, max accuracy): skilled {_fmt(raw.get('hard'))}, random "
+                       f"{_fmt(raw.get('easy'))}.")]
+    calibrated = metrics.get("calibrated_operating_points")
+    if calibrated:
+        lines += ["", ("The run's calibrated thresholds (K = 1 reference) applied to these pairs: what FAR and FRR they "
+                  "give here against what calibration measured:"), "",
+                  "| forgeries | operating point | threshold | FAR calibrated | FAR here | FRR calibrated | FRR here |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in calibrated:
+            lines.append(f"| {row['forgeries']} | {row['target']} | {row['threshold']:.4g} | {_fmt(row['far_calibrated'])} "
+                         f"| {_fmt(row['far_here'])} | {_fmt(row['frr_calibrated'])} | {_fmt(row['frr_here'])} |")
+    elif "calibrated_operating_points" in metrics:
+        lines += ["", "The run has no calibration.json (`sigverify calibrate`): no calibrated threshold was applied."]
+    dependent = metrics.get("writer_dependent")
+    if dependent:
+        lines += ["", (f"Writer-dependent protocol (per writer a linear SVM on {dependent['references']} genuine "
+                       f"references against other writers' genuine signatures; {dependent['n_writers']} writers; "
+                       f"{dependent['svm']}):"), "", "| forgeries | EER, global threshold | EER, per-writer thresholds |",
+                  "|---|---|---|"]
+        for kind in ("skilled", "random"):
+            figures_of_kind = dependent.get(kind) or {}
+            lines.append(f"| {kind} | {_fmt(figures_of_kind.get('eer_global_threshold'))} | "
+                         f"{_fmt(figures_of_kind.get('eer_user_thresholds'))} |")
+    lines += ["", ("Max accuracy and EER use the threshold that is best on these pairs; the last column applies the "
+                   "threshold the run chose on its own training writers, the figure a deployment would see."), ""]
+    lines += _figure_lines(figures)
     write_text(run.file("report.md"), "\n".join(lines) + "\n")

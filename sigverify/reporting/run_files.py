@@ -91,26 +91,7 @@ def write_run_files(run: RunFolder, config: ExperimentConfig, model: keras.Model
     write_pair_scores(run.file(PAIR_SCORES_FILE), scores,
                       {name: PAIR_SETS[name](data.test.pairs) for name in scores},
                       {name: metrics[name]["train_threshold"] for name in scores})
-    distance = metrics["distance"]
-    figures = {}
-    if config.report.umap:
-        figures["umap.png"] = lambda p: plots.plot_umap(test_embeddings, writers, genuine, p,
-                                                        title="Test signatures: UMAP of the embeddings")
-    for name, set_scores in scores.items():
-        negatives = "skilled forgery" if name == "hard" else "random forgery"
-        figures[f"density_{name}.png"] = lambda p, s=set_scores, n=negatives, k=name: plots.plot_distance_density(
-            s.distances, s.same, p, threshold=metrics[k]["threshold"], negative_label=n,
-            title=f"{distance.capitalize()} distances of test pairs: genuine vs {n}")
-    if "hard" in scores:
-        s = scores["hard"]
-        figures["roc.png"] = lambda p: plots.plot_roc(s.fpr, s.tpr, s.thresholds, p, eer=s.eer,
-                                                      title="Genuine vs skilled forgery pairs")
-    if history:
-        figures["history.png"] = lambda p: plots.plot_history(history, p)
-    figures.update({name: (lambda p, draw=draw: draw(p, test_embeddings)) for name, draw in (extra_figures or {}).items()})
-    for figure_name, draw in figures.items():
-        with writing(run.file(figure_name)) as temporary:
-            draw(temporary)
+    write_figures(run, metrics, scores, test_embeddings, writers, genuine, config.report.umap, history, extra_figures)
     if config.report.gradcam_images:
         write_gradcam(run, model, data.test, config.report.gradcam_images)
 
@@ -123,6 +104,33 @@ def write_run_files(run: RunFolder, config: ExperimentConfig, model: keras.Model
     write_text(run.file("metrics.csv"), metrics_csv(metrics))
     write_report(run, metrics, figures=[path.name for path in run.path.iterdir()])
     return metrics
+
+
+def write_figures(run: RunFolder, metrics: dict, scores: dict, embeddings: np.ndarray, writers: np.ndarray,
+                  genuine: np.ndarray, umap: bool = True, history: dict | None = None,
+                  extra_figures: dict[str, Callable] | None = None) -> None:
+    """The figures of scored pairs into the run folder: UMAP of the embeddings (`umap`), the distance densities of
+    each pair set with its threshold, ROC and FAR/FRR of the skilled-forgery pairs, the training history if any."""
+    distance = metrics["distance"]
+    figures = {}
+    if umap:
+        figures["umap.png"] = lambda p: plots.plot_umap(embeddings, writers, genuine, p,
+                                                        title="Test signatures: UMAP of the embeddings")
+    for name, set_scores in scores.items():
+        negatives = "skilled forgery" if name == "hard" else "random forgery"
+        figures[f"density_{name}.png"] = lambda p, s=set_scores, n=negatives, k=name: plots.plot_distance_density(
+            s.distances, s.same, p, threshold=metrics[k]["threshold"], negative_label=n,
+            title=f"{distance.capitalize()} distances of test pairs: genuine vs {n}")
+    if "hard" in scores:
+        s = scores["hard"]
+        figures["roc.png"] = lambda p: plots.plot_roc(s.fpr, s.tpr, s.thresholds, p, eer=s.eer,
+                                                      title="Genuine vs skilled forgery pairs")
+    if history:
+        figures["history.png"] = lambda p: plots.plot_history(history, p)
+    figures.update({name: (lambda p, draw=draw: draw(p, embeddings)) for name, draw in (extra_figures or {}).items()})
+    for figure_name, draw in figures.items():
+        with writing(run.file(figure_name)) as temporary:
+            draw(temporary)
 
 
 def write_gradcam(run: RunFolder, model: keras.Model, split: SplitData, n_images: int) -> None:
