@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from sigverify.cli import main
+from sigverify.data.preprocess import PreprocessConfig
 from sigverify.distances import paired_distances_numpy
 from sigverify.errors import ConfigError
 from sigverify.verification.calibration import equal_error_point, threshold_at_far
@@ -40,6 +41,19 @@ def run_embeddings(calibrated_run):
     """{image path: embedding} of the run's test images, as the run itself computed them."""
     stored = np.load(calibrated_run / "embeddings.npz")
     return {str(path): embedding for path, embedding in zip(stored["path"], stored["embeddings"])}
+
+
+class EmbeddingsOnlyRun:
+    """What a gallery needs of a run when the test enrols embeddings directly: its identity and embedding size."""
+
+    def __init__(self):
+        self.path = Path("/nonexistent/run")
+        self.identity = {"model_sha256": "0" * 64, "preprocessing": "{}", "metric": "cosine"}
+        self.preprocessing = PreprocessConfig((8, 8))
+
+    @staticmethod
+    def embed_images(images):
+        return np.zeros((len(images), 32), np.float32)
 
 
 def _gallery_rows(db: Path) -> list:
@@ -121,6 +135,36 @@ def test_enrol_verify_and_identify_match_the_runs_pair_distances(calibrated_run,
     assert "1." in capsys.readouterr().out
 
 
+def test_a_large_gallery_is_searched_through_a_faiss_index_kept_per_revision(tmp_path, monkeypatch):
+    from sigverify.verification import search
+
+    monkeypatch.setattr(search, "EXACT_SEARCH_MAX_REFERENCES", 100)
+    db = tmp_path / "g.sqlite"
+    Gallery.create(db, EmbeddingsOnlyRun()).close()
+    rng = np.random.default_rng(5)
+    with Gallery(db) as gallery:
+        centres = rng.normal(size=(60, gallery.dim))
+        gallery.enroll({f"w{writer}": [(f"{writer}-{i}.png", f"{writer}-{i}", centres[writer] + 0.1 * rng.normal(
+            size=gallery.dim)) for i in range(5)] for writer in range(60)})
+        index, writers = gallery.search_index()
+        assert index.kind.startswith("faiss IVF-Flat") and index.size == 300
+        index_file = tmp_path / f"g.sqlite.r{gallery.revision()}.faiss"
+        assert index_file.is_file()
+        queries = centres[:20] + 0.1 * rng.normal(size=(20, gallery.dim))
+        _, positions = index.search(queries.astype(np.float32), 1)
+        assert [writers[p] for p in positions[:, 0]] == [f"w{w}" for w in range(20)]
+        modified = index_file.stat().st_mtime_ns
+        again, _ = gallery.search_index()
+        assert index_file.stat().st_mtime_ns == modified and again.kind == index.kind, "reused, not rebuilt"
+        gallery.enroll({"late": [("late.png", "late", centres[0])]})
+        newer, writers = gallery.search_index()
+        assert newer.size == 301 and not index_file.exists() and writers[-1] == "late"
+        newest_file = tmp_path / f"g.sqlite.r{gallery.revision()}.faiss"
+        newest_file.write_bytes(b"damaged")
+        rebuilt, _ = gallery.search_index()
+        assert rebuilt.size == 301 and newest_file.stat().st_size > 1000
+
+
 def test_the_same_image_is_enrolled_once_and_never_for_two_writers(calibrated_run, tiny_dataset, tmp_path, capsys):
     db = tmp_path / "g.sqlite"
     image = tiny_dataset / "full_org" / "original_2_1.png"
@@ -195,9 +239,9 @@ def test_an_enrolment_killed_inside_its_transaction_leaves_the_gallery_unchanged
         assert [w for w, _, _ in gallery.writers()] == ["kept", "next"]
 
 
-def test_concurrent_enrolments_lose_nothing(calibrated_run, tmp_path):
+def test_concurrent_enrolments_lose_nothing(tmp_path):
     db = tmp_path / "g.sqlite"
-    Gallery.create(db, TrainedRun(calibrated_run)).close()
+    Gallery.create(db, EmbeddingsOnlyRun()).close()
     dim = Gallery(db).dim
     rng = np.random.default_rng(0)
     errors = []

@@ -192,30 +192,51 @@ class Gallery:
             embeddings[position] = np.frombuffer(blob, dtype=np.float32)
         return embeddings[: len(writers)], np.asarray(writers, dtype=object)
 
+    def reference_writers(self) -> np.ndarray:
+        """The writer of each reference, in id order (the positions of a search index)."""
+        return np.asarray([row[0] for row in self.connection.execute(
+            "SELECT writer FROM reference_signatures ORDER BY id")], dtype=object)
+
     def size(self) -> int:
         return self.connection.execute("SELECT COUNT(*) FROM reference_signatures").fetchone()[0]
 
     def revision(self) -> int:
         return int(self.connection.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
 
+    @contextlib.contextmanager
+    def _snapshot(self):
+        """One read transaction: what it reads is one state of the gallery, whatever other processes commit."""
+        self.connection.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.connection.execute("COMMIT")
+
     def search_index(self):
         """(ReferenceIndex over every reference, writer of each position): exact search for a small gallery; beyond
-        it a FAISS index kept beside the gallery file (`<db>.faiss`), rebuilt when the gallery changed since."""
+        it a FAISS index kept beside the gallery file (`<db>.r<revision>.faiss`), built once per revision of the
+        gallery (a damaged file is rebuilt), so that a query reads only the writers column."""
         from sigverify.verification.search import EXACT_SEARCH_MAX_REFERENCES, ReferenceIndex
 
-        embeddings, writers = self.all_references()
-        if len(embeddings) == 0:
-            raise ConfigError(f"--db {self.path}: no writer enrolled; enrol some first (`sigverify enroll`)")
         metric = self.meta["metric"]
-        if len(embeddings) <= EXACT_SEARCH_MAX_REFERENCES:
-            return ReferenceIndex.build(embeddings, metric), writers
-        index_file = self.path.with_name(f"{self.path.name}.r{self.revision()}.faiss")
-        if index_file.exists():
-            try:
-                return ReferenceIndex.load(index_file, metric), writers
-            except DataError as error:
-                log.warning("%s: rebuilding the search index", error)
-        index = ReferenceIndex.build(embeddings, metric)
+        with self._snapshot():
+            size, revision = self.size(), self.revision()
+            if size == 0:
+                raise ConfigError(f"--db {self.path}: no writer enrolled; enrol some first (`sigverify enroll`)")
+            if size <= EXACT_SEARCH_MAX_REFERENCES:
+                embeddings, writers = self.all_references()
+                return ReferenceIndex.build(embeddings, metric, exact_max=EXACT_SEARCH_MAX_REFERENCES), writers
+            index_file = self.path.with_name(f"{self.path.name}.r{revision}.faiss")
+            if index_file.exists():
+                try:
+                    index = ReferenceIndex.load(index_file, metric)
+                    if index.size == size:
+                        return index, self.reference_writers()
+                    log.warning("%s: holds %d references, the gallery %d: rebuilding it", index_file, index.size, size)
+                except DataError as error:
+                    log.warning("%s: rebuilding the search index", error)
+            embeddings, writers = self.all_references()
+        index = ReferenceIndex.build(embeddings, metric, exact_max=EXACT_SEARCH_MAX_REFERENCES)
         for stale in self.path.parent.glob(f"{self.path.name}.r*.faiss"):
             stale.unlink(missing_ok=True)
         index.save(index_file)
