@@ -297,6 +297,7 @@ def test_a_gallery_refuses_another_model_and_bad_input(calibrated_run, tiny_data
         (["score", "--run", str(calibrated_run), "--pairs", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o.csv")],
          "no such file"),
         (["evaluate", "--run", str(calibrated_run), "--data", str(tmp_path / "no-data")], "no such folder"),
+        (["evaluate", "--run", str(calibrated_run), "--data", str(tiny_dataset), "--runs", str(not_an_image)], "--runs"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -305,8 +306,9 @@ def test_a_gallery_refuses_another_model_and_bad_input(calibrated_run, tiny_data
     assert _gallery_rows(db) == before
     main(["enroll", "--db", str(db), "--writer", "w", image])
     capsys.readouterr()
-    assert main(["verify", "--db", str(db), "--writer", "w", "--far", "0.5", image]) == 2
-    assert "expected one of 0.1, 0.01, 0.001 or eer" in capsys.readouterr().err
+    for far in ("0.5", "one percent"):
+        assert main(["verify", "--db", str(db), "--writer", "w", "--far", far, image]) == 2
+        assert "expected one of 0.1, 0.01, 0.001 or eer" in capsys.readouterr().err
     uncalibrated = tmp_path / "uncalibrated"
     shutil.copytree(calibrated_run, uncalibrated)
     (uncalibrated / "calibration.json").unlink()

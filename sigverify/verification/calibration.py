@@ -221,7 +221,10 @@ class Calibration:
         if far == "eer":
             point = entry["eer"]
             return OperatingPoint(point["threshold"], point["far"], point["frr"], count, kind, "eer")
-        key = next((target for target in entry["far"] if float(target) == float(far)), None)
+        try:
+            key = next((target for target in entry["far"] if float(target) == float(far)), None)
+        except ValueError:
+            key = None
         if key is None:
             raise ConfigError(f"--far {far}: not calibrated; expected one of {', '.join(self.far_targets())} or eer")
         point = entry["far"][key]

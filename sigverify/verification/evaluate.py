@@ -18,6 +18,7 @@ from sigverify.errors import ConfigError
 from sigverify.evaluation.baselines import raw_pixel_embeddings
 from sigverify.evaluation.metrics import PAIR_SETS, accuracy_at_threshold, evaluate_embeddings, pair_distances
 from sigverify.evaluation.model import score_test_split
+from sigverify.experiment import check_writable
 from sigverify.reporting.report import write_evaluation_report
 from sigverify.reporting.run_files import write_figures
 from sigverify.reporting.tables import PAIR_SCORES_FILE, write_pair_scores
@@ -63,6 +64,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, runs_root: str | Pat
     checked, and the images read and embedded, before the folder is made."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol {protocol}: expected one of {', '.join(PROTOCOLS)}")
+    check_writable(Path(runs_root), "--runs")
     run = TrainedRun(run_dir)
     if not Path(data_dir).is_dir():
         raise ConfigError(f"--data {data_dir}: no such folder; expected a dataset folder (CEDAR layout or one folder "
