@@ -44,7 +44,6 @@ print(json.dumps({"import_s": imported - started, "model_load_s": loaded - impor
 
 def make_run(workdir: Path) -> tuple[Path, Path]:
     """(run folder, dataset folder): a synthetic set with enough genuine signatures, and a finished triplet run."""
-    sys.path.insert(0, str(REPO))
     from tests.conftest import make_synthetic_dataset
 
     data = make_synthetic_dataset(workdir, n_writers=10, n_samples=REFERENCES + 2, seed=3)

@@ -5,7 +5,7 @@ chosen on writers the run was never tested on. `calibration.json` in the run fol
 from __future__ import annotations
 
 import datetime as dt
-import logging
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +14,6 @@ import numpy as np
 from sigverify.errors import ConfigError, DataError
 from sigverify.evaluation.metrics import REFERENCE_RULES, all_pair_distances, reference_scores
 from sigverify.runs import write_json, writing
-
-log = logging.getLogger(__name__)
 
 FAR_TARGETS = (0.1, 0.01, 0.001)
 REFERENCE_COUNTS = (1, 2, 3, 5, 8, 12)
@@ -188,8 +186,6 @@ class Calibration:
 
     @classmethod
     def read(cls, path: Path, run) -> Calibration:
-        import json
-
         if not path.exists():
             raise ConfigError(f"--run {run.path}: not calibrated (no {path.name}); run `sigverify calibrate --run "
                               f"{run.path}` first")

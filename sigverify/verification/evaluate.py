@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from sigverify.data.index import read_index
@@ -16,7 +15,7 @@ from sigverify.data.prepare import SplitData, check_enough_data
 from sigverify.data.preprocess import load_preprocessed_images
 from sigverify.errors import ConfigError
 from sigverify.evaluation.baselines import raw_pixel_embeddings
-from sigverify.evaluation.metrics import PAIR_SETS, accuracy_at_threshold, evaluate_embeddings, pair_distances
+from sigverify.evaluation.metrics import PAIR_SETS, accuracy_at_threshold, evaluate_embeddings
 from sigverify.evaluation.model import score_test_split
 from sigverify.experiment import check_writable
 from sigverify.reporting.report import write_evaluation_report
@@ -27,6 +26,7 @@ from sigverify.verification.calibration import FORGERY_KINDS
 from sigverify.verification.trained_run import CALIBRATION_FILE, TrainedRun, file_sha256
 
 PROTOCOLS = ("writer-independent", "writer-dependent")
+PAIR_SET_OF_KIND = {"skilled": "hard", "random": "easy"}
 
 
 def without_duplicate_files(index: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -37,24 +37,25 @@ def without_duplicate_files(index: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return index[~duplicated].reset_index(drop=True), int(duplicated.sum())
 
 
-def calibrated_points_applied(run: TrainedRun, pairs: pd.DataFrame, distances: np.ndarray) -> list[dict] | None:
-    """The run's K = 1 operating points (every FAR target and the EER, both forgery kinds) applied to these pairs:
-    their threshold, the FAR and FRR calibration measured and those they give here; None without calibration.json."""
+def calibrated_points_applied(run: TrainedRun, scores: dict) -> list[dict] | None:
+    """The run's K = 1 operating points (every FAR target and the EER, both forgery kinds) applied to the pair sets'
+    `scores` (PairSetScores by set name): their threshold, the FAR and FRR calibration measured and those they give
+    here; None without calibration.json."""
     if not (run.path / CALIBRATION_FILE).exists():
         return None
     calibration = run.calibration()
     rows = []
     for kind in FORGERY_KINDS:
-        chosen = pairs["kind"].isin(["genuine", kind]).to_numpy()
-        if not (pairs["kind"] == kind).any():
+        set_scores = scores.get(PAIR_SET_OF_KIND[kind])
+        if set_scores is None:
             continue
-        same, kind_distances = pairs["same"].to_numpy()[chosen], distances[chosen]
         for target in [*calibration.far_targets(), "eer"]:
             point = calibration.operating_point(1, target, kind)
-            accepted = kind_distances <= point.threshold
+            accepted = set_scores.distances <= point.threshold
             rows.append({"forgeries": kind, "target": "EER" if target == "eer" else f"FAR {target}",
                          "threshold": point.threshold, "far_calibrated": point.far, "frr_calibrated": point.frr,
-                         "far_here": float(accepted[same == 0].mean()), "frr_here": float((~accepted[same == 1]).mean())})
+                         "far_here": float(accepted[set_scores.same == 0].mean()),
+                         "frr_here": float((~accepted[set_scores.same == 1]).mean())})
     return rows
 
 
@@ -93,8 +94,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, runs_root: str | Pat
         "duplicates_dropped": duplicates, "skipped_images": [path for path, _ in skipped],
         "run_thresholds": run_thresholds,
         "raw_pixels": {name: raw_metrics[name]["max_accuracy"] for name in ("hard", "easy") if raw_metrics.get(name)},
-        "calibrated_operating_points": calibrated_points_applied(run, split.pairs,
-                                                                 pair_distances(embeddings, split.pairs, run.metric)),
+        "calibrated_operating_points": calibrated_points_applied(run, scores),
         "source_run": {"path": str(run.path), "experiment": run.config.experiment, "dataset": run.metrics.get("dataset"),
                        "model_description": run.metrics.get("model_description"),
                        "weights": run.metrics.get("weights"), "image_size": run.config.image.image_size,
