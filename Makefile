@@ -32,7 +32,7 @@ EXPERIMENT_FLAGS = --profile $(PROFILE) --runs $(RUNS) \
 	$(if $(filter 1,$(MIXED_PRECISION)),--mixed-precision) $(if $(filter 1,$(JIT)),--jit) \
 	$(if $(FOLDS),--folds $(FOLDS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(LOSS),--loss $(LOSS)) $(ARGS)
 
-.PHONY: install exp-triplet exp-contrastive exp-models exp-losses exp-pretrain exp-pretrain-compare data-synthetic test lint clean-cache bench-gpu
+.PHONY: install exp-triplet exp-contrastive exp-models exp-losses exp-pretrain exp-pretrain-compare pretrain-backbone ship-weights data-synthetic test lint clean-cache bench-gpu
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,10 +65,20 @@ exp-losses: install
 exp-pretrain: install
 	$(PY) experiments/pretrain.py $(EXPERIMENT_FLAGS) $(if $(METHOD),--method $(METHOD)) $(if $(UNLABELLED),--unlabelled $(UNLABELLED))
 
-# STARTS=random,simclr,moco,synthetic,imagenet picks the starts (default: all; imagenet where it can be loaded);
+# STARTS=random,simclr,moco,synthetic,signatures,imagenet picks the starts (default: all; signatures and imagenet where
+# they can be loaded);
 # SEEDS=3 repeats each fine-tuning; FOLDS=5 ARGS="--fold 2" runs one fold (pretraining sees that fold's training writers).
 exp-pretrain-compare: install
 	$(PY) experiments/pretrain_compare.py $(EXPERIMENT_FLAGS) $(if $(STARTS),--starts $(STARTS)) $(if $(UNLABELLED),--unlabelled $(UNLABELLED))
+
+# The shipped signature-pretrained backbone (sigverify/weights/): PROFILE=full trains the shipped file (resumable:
+# RESUME=runs/pretrain-backbone/<id>); then make ship-weights RUN=<that run> installs it with its model card.
+pretrain-backbone: install
+	$(PY) experiments/pretrain_backbone.py $(EXPERIMENT_FLAGS)
+
+RUN ?=
+ship-weights: install
+	$(VENV)/bin/sigverify weights install $(RUN)
 
 test: install
 	$(PY) -m pytest -q --durations=15
@@ -88,7 +98,7 @@ clean-cache:
 # Multi-worker training on this machine: WORKERS processes of one MultiWorkerMirroredStrategy cluster, each with its
 # own TF_CONFIG on loopback ports; worker 0 (the chief) writes the run folder (README, "Scaling").
 WORKERS ?= 2
-.PHONY: exp-triplet-multiworker bench bench-loss bench-train bench-pipeline bench-contrastive bench-gallery bench-verify
+.PHONY: exp-triplet-multiworker bench bench-loss bench-train bench-pipeline bench-contrastive bench-gallery bench-verify bench-synthetic
 
 exp-triplet-multiworker: install $(if $(DATA),,data-synthetic)
 	$(PY) -m sigverify.launch --workers $(WORKERS) experiments/triplet.py $(EXPERIMENT_FLAGS)
@@ -96,7 +106,7 @@ exp-triplet-multiworker: install $(if $(DATA),,data-synthetic)
 # Benchmarks (not tests; CI does not run them): results in benchmarks/results/<name>.json, the table in
 # benchmarks/README.md. BENCH_ARGS="--full" gives bench-train, bench-pipeline and bench-contrastive more steps.
 BENCH_ARGS ?=
-bench: bench-loss bench-train bench-pipeline bench-contrastive bench-gallery bench-verify
+bench: bench-loss bench-train bench-pipeline bench-contrastive bench-gallery bench-verify bench-synthetic
 	$(PY) benchmarks/table.py
 
 bench-loss: install
@@ -116,3 +126,6 @@ bench-gallery: install
 
 bench-verify: install
 	$(PY) benchmarks/bench_verify.py
+
+bench-synthetic: install
+	$(PY) benchmarks/bench_synthetic.py

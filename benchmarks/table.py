@@ -105,8 +105,18 @@ def verify_section(result: dict) -> list[str]:
              f"{cold['model_load_s']:.1f} | {cold['first_call_s']:.1f} |")]
 
 
+def synthetic_section(result: dict) -> list[str]:
+    summary, settings = result["summary"], result["settings"]
+    return [f"### bench-synthetic: the synthetic pool's generator vs the pretraining step ({settings['image_size']}²)",
+            "", ("| generator images/s, one process | processes | all processes | training images/s | generator / "
+                 "training | pool of 5,000 writers, min |"), "|---|---|---|---|---|---|",
+            (f"| {summary['generator_images_per_second_one_process']:.0f} | {summary['processes']} | "
+             f"{summary['generator_images_per_second_all_processes']:.0f} | {summary['training_images_per_second']:.1f} "
+             f"| {summary['generator_over_training']:.1f}x | {summary['pool_5000_writers_minutes']:.1f} |")]
+
+
 SECTIONS = {"loss": loss_section, "train": train_section, "pipeline": pipeline_section, "contrastive": contrastive_section,
-            "gallery": gallery_section, "verify": verify_section}
+            "gallery": gallery_section, "verify": verify_section, "synthetic": synthetic_section}
 
 
 def render() -> str:

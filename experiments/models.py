@@ -98,6 +98,7 @@ def model_config(config, name: str, image_size: int):
     sub.model.backbone = "none" if entry.backbone is None else entry.backbone  # "none": trained from scratch
     sub.model.cut_layer = entry.cut_layer
     sub.model.normalize = entry.normalize
+    sub.model.unfreeze_from = None  # each zoo model trains whole: the post's comparison
     if entry.kind == "pretrained":
         sub.train.epochs = 0
     return sub
@@ -124,9 +125,10 @@ def evaluate_pretrained_baseline(sub, config, prepared: Prepared) -> dict:
     with prepared.engine.scope():
         weights, weights_description = model_weights(name, config.model.weights)
         model = build_zoo_model(name, config.image.image_size, weights)
+    entry = MODEL_ZOO[name]
+    layers = f"{entry.backbone} up to {entry.cut_layer}" if entry.cut_layer else "whole backbone"
     facts = training_facts(prepared.engine, model, weights_description,
-                           f"{MODEL_ZOO[name].description} (whole backbone + global average pooling)",
-                           "none (not trained)")
+                           f"{entry.description} ({layers} + global average pooling)", "none (not trained)")
     return write_run_files(sub, config, model, prepared.data, evaluate_model(model, prepared.data, "cosine"), facts,
                            history={})
 

@@ -1,6 +1,7 @@
 """How much of the ImageNet gap does pretraining on signatures close? The same triplet fine-tuning (the triplet
 experiment's model, loss and profile settings, the same seeds and folds) from each start: random initialisation,
-SimCLR, MoCo v2, synthetic-writer pretraining, and ImageNet where its weights can be loaded; one table (table.md,
+SimCLR, MoCo v2, synthetic-writer pretraining, the shipped signature weights (make pretrain-backbone), and ImageNet
+where its weights can be loaded; one table (table.md,
 table.csv, runs.csv) and one figure (max accuracy on skilled forgeries per start, mean ± std over the runs).
 
 Each method is pretrained once, as exp-pretrain does, into the sub-run `pretrain-<method>/` (a pretraining run folder:
@@ -82,11 +83,12 @@ def prepare(config) -> ComparePrepared:
     base = prepare_experiment(config, check_settings)
     check_no_test_writer_is_pretrained_on(config, starts, base.data.train_writers)
     skipped = {}
-    if "imagenet" in starts:
-        try:
-            resolve_weights("imagenet", config.model.backbone)
-        except ConfigError as error:
-            skipped["imagenet"] = str(error)
+    for start in ("signatures", "imagenet"):
+        if start in starts:
+            try:
+                resolve_weights(start, config.model.backbone)
+            except ConfigError as error:
+                skipped[start] = str(error)
     pretraining = {method: prepare_pretraining(with_method(config, method), base) for method in methods}
     return ComparePrepared(base, [start for start in starts if start not in skipped], pretraining, skipped)
 
@@ -110,7 +112,8 @@ def fine_tune(run, config, prepared):
 def compare(run, config, prepared: ComparePrepared) -> dict:
     pretraining_runs = {method: pretrain_once(run, config, method, images)
                         for method, images in prepared.pretraining.items()}
-    weights = {"random": "none", "imagenet": "imagenet", **{m: str(path) for m, path in pretraining_runs.items()}}
+    weights = {"random": "none", "signatures": "signatures", "imagenet": "imagenet",
+               **{m: str(path) for m, path in pretraining_runs.items()}}
     folders = {}
     for start in prepared.starts:
         start_config = copy.deepcopy(config)

@@ -12,11 +12,14 @@ import sys
 from sigverify.experiment import run_experiment
 from sigverify.losses import loss_from_settings
 from sigverify.models.backbones import validate_model_settings
+from sigverify.models.embedding import validate_unfreeze_layer
 from sigverify.models.zoo import embedding_model_from_settings
 from sigverify.protocol import repeated
 from sigverify.steps import prepare_experiment, train_and_report
 
-# smoke: seconds, for tests. quick: the default, minutes on a 2-core CPU, with a schedule that keeps learning.
+# smoke: seconds, for tests. quick: the default, minutes on a 2-core CPU: the post's Small ResNet50 + skip at 64×64,
+# from the shipped signature weights (--weights auto here) with their first three stages kept frozen (fine-tuning the
+# whole backbone undid pretraining: SimCLR features 0.768 frozen, 0.709 fine-tuned), augmented, a cosine schedule.
 # blog: the post's protocol (224×224, batch 64, 25 epochs, ExponentialDecay(10, 0.7)): the settings' defaults.
 PROFILES = {
     "smoke": {
@@ -29,9 +32,9 @@ PROFILES = {
         "report": {"umap": False, "gradcam_images": 2},
     },
     "quick": {
-        "image": {"image_size": 96},
-        "model": {"cut_layer": "conv3_block4_add"},
-        "train": {"epochs": 6},
+        "image": {"image_size": 64},
+        "model": {"cut_layer": "conv4_block6_add", "unfreeze_from": "conv4_block1_1_conv"},
+        "train": {"epochs": 6, "augment": True},
         "batches": {"batch_size": 64, "sampler": "pk", "classes_per_batch": 16, "images_per_class": 4},
         "optimizer": {"schedule": "cosine", "learning_rate": 1e-3},
     },
@@ -43,6 +46,8 @@ def prepare(config):
     """Data: the training and test writers of `--data`, preprocessed; every setting checked before any work."""
     def check_settings():
         validate_model_settings(config.model.backbone, config.model.cut_layer, config.image.image_size)
+        if config.model.unfreeze_from:
+            validate_unfreeze_layer(config.model.backbone, config.model.unfreeze_from, config.model.cut_layer)
         loss_from_settings(config.loss)
 
     return prepare_experiment(config, check_settings)

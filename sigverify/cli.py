@@ -1,6 +1,7 @@
 """The `sigverify` command: dataset tools (`data describe`, `data synthetic`, `data baseline`), and what a trained run
 is used for: `verify` a pair or questioned signatures against an enrolled writer, `gallery` / `enroll` / `identify`
-(a SQLite gallery of writers), `calibrate` operating points, `score` a CSV of pairs, `evaluate` on another dataset.
+(a SQLite gallery of writers), `calibrate` operating points, `score` a CSV of pairs, `evaluate` on another dataset;
+`weights list` / `weights install` the shipped signature-pretrained backbones.
 Errors in the user's input print one line and exit 2, without a traceback; Ctrl-C exits 130 having changed nothing."""
 
 from __future__ import annotations
@@ -201,6 +202,24 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _weights_list(args) -> int:
+    from sigverify.models.signature_weights import SHIPPED_NAMES, shipped_weights
+
+    cards = {backbone: shipped_weights(backbone) for backbone in SHIPPED_NAMES}
+    payload = {backbone: shipped.card if shipped else None for backbone, shipped in cards.items()}
+    _print_json_or([f"{backbone}: {shipped.describe() if shipped else 'none shipped'}"
+                    for backbone, shipped in cards.items()], payload, args.json)
+    return 0
+
+
+def _weights_install(args) -> int:
+    from sigverify.pretrain.shipping import install_shipped_weights
+
+    for path in install_shipped_weights(Path(args.run)):
+        print(f"installed {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sigverify", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--forgeries", default="skilled", choices=["skilled", "random"])
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(handler=_score)
+
+    weights = commands.add_parser("weights", help="the signature-pretrained backbones shipped with the package"
+                                  ).add_subparsers(dest="weights_command", required=True)
+    weights_list = weights.add_parser("list", help="each backbone's shipped weights (checked against the model card)")
+    weights_list.add_argument("--json", action="store_true", help="print the model cards")
+    weights_list.set_defaults(handler=_weights_list)
+    install = weights.add_parser("install", help="copy a pretrain-backbone run's shipped files into the package")
+    install.add_argument("run", help="a finished make pretrain-backbone run folder")
+    install.set_defaults(handler=_weights_install)
 
     evaluate = commands.add_parser("evaluate", help="a trained run on another dataset: every writer a test writer")
     evaluate.add_argument("--run", required=True)

@@ -16,12 +16,13 @@ import yaml
 
 from sigverify.errors import ConfigError
 
-PROFILES = ("smoke", "quick", "blog")
+PROFILES = ("smoke", "quick", "full", "blog")
 MAX_IMAGE_SIZE = 1024
 STRATEGIES = ("auto", "cpu", "mirrored", "multiworker")
 SAMPLERS = ("shuffled", "pk")
 SCHEDULES = ("exponential", "epoch-exponential", "cosine", "constant")
-WEIGHTS_HELP = ("auto (imagenet if it can be loaded, else random), imagenet, none, a pretraining run folder "
+WEIGHTS_HELP = ("auto (imagenet if it can be loaded, else the shipped signature weights, else random), imagenet, "
+                "signatures, none, a pretraining run folder "
                 "(runs/pretrain/<id>), or a path to a weights file")
 PRETRAIN_METHODS = ("simclr", "moco", "synthetic")
 
@@ -52,7 +53,7 @@ class ModelSettings:
     weights: str = "auto"
     normalize: bool = True
     embedding_dim: int = 256
-    unfreeze_from: str | None = None  # contrastive: fine-tune the backbone from this layer on (image path)
+    unfreeze_from: str | None = None  # fine-tune a pretrained backbone from this layer on, the earlier layers frozen
     zoo: str | None = None  # models experiment: comma-separated MODEL_ZOO names (None: every triplet model and baseline)
 
 
@@ -121,8 +122,9 @@ class PretrainSettings:
     projection_dim: int = 128
     queue_size: int = 1024  # MoCo's negatives; keep it below the number of images (or stale copies become negatives)
     momentum: float = 0.99  # MoCo's key encoder (the paper's 0.999 suits runs of many more steps)
-    synthetic_writers: int = 2000
+    synthetic_writers: int = 5000
     synthetic_samples: int = 12  # genuine signatures per synthetic writer, and as many skilled forgeries
+    pretrain_steps_per_epoch: int = 0  # synthetic: batches an epoch, between checkpoints (0: one pass over the images)
     augment_strength: float = 1.0
 
 
@@ -208,9 +210,9 @@ def _apply(section_obj, values: dict, where: str) -> None:
 
 
 # Settings that only some experiments use: set for another one they would be silently ignored, so they are refused.
-PRETRAINING_EXPERIMENTS = ("pretrain", "pretrain-compare")
+PRETRAINING_EXPERIMENTS = ("pretrain", "pretrain-compare", "pretrain-backbone")
 EXPERIMENTS_OF_SETTING = {
-    "unfreeze_from": ("contrastive",),
+    "unfreeze_from": ("contrastive", "triplet", "losses", "pretrain-compare"),
     "zoo": ("models",),
     "losses": ("losses",),
     **{f.name: PRETRAINING_EXPERIMENTS for f in dataclasses.fields(PretrainSettings)},
@@ -226,6 +228,9 @@ FIXED_BY_EXPERIMENT = {
                   "schedule", "decay_steps", "decay_rate", "augment"),
                  "pretraining has its own: --method, --pretrain-epochs, --pretrain-batch-size, --pretrain-learning-rate"),
 }
+FIXED_BY_EXPERIMENT["pretrain-backbone"] = (FIXED_BY_EXPERIMENT["pretrain"][0] + ("method", "unlabelled", "starts"),
+                                            ("supervised pretraining on synthetic writers (--method synthetic) with "
+                                             "its own --pretrain-* length, batch and learning rate"))
 
 
 def _check_used_by(experiment: str, overrides: dict) -> None:
@@ -242,8 +247,9 @@ def _check_used_by(experiment: str, overrides: dict) -> None:
 
 
 def build_config(experiment: str, profile: str, profiles: dict, overrides: dict | None = None, **top) -> ExperimentConfig:
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    known = [name for name in PROFILES if name in profiles] or list(PROFILES)  # no profiles: the defaults, by any name
+    if profile not in known:
+        raise ConfigError(f"unknown profile {profile!r}: expected one of {', '.join(known)}")
     config = ExperimentConfig(experiment=experiment, profile=profile, **top)
     _check_used_by(experiment, overrides or {})
     for source, layer in (("profile " + profile, profiles.get(profile, {})), ("the settings given", overrides or {})):
@@ -309,6 +315,8 @@ def _pretrain_checks(pretrain: PretrainSettings) -> list[tuple[bool, str]]:
         (pretrain.projection_dim >= 1, f"--projection-dim {pretrain.projection_dim}: expected at least 1"),
         (pretrain.queue_size >= 1, f"--queue-size {pretrain.queue_size}: expected at least 1"),
         (0 <= pretrain.momentum < 1, f"--momentum {pretrain.momentum}: expected a value in [0, 1)"),
+        (pretrain.pretrain_steps_per_epoch >= 0,
+         f"--pretrain-steps-per-epoch {pretrain.pretrain_steps_per_epoch}: expected 0 (one pass) or more"),
         (pretrain.synthetic_writers >= 2, f"--synthetic-writers {pretrain.synthetic_writers}: expected at least 2"),
         (pretrain.synthetic_samples >= 4,
          f"--synthetic-samples {pretrain.synthetic_samples}: expected at least 4 (the P×K batches take 4 per class)"),

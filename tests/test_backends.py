@@ -46,7 +46,8 @@ NEUTRAL_MODULES = ["sigverify.distances", "sigverify.losses", "sigverify.models.
                    "sigverify.pretrain.run", "sigverify.bench_gpu", "sigverify.evaluation.writer_dependent",
                    "sigverify.verification.trained_run", "sigverify.verification.calibration",
                    "sigverify.verification.gallery", "sigverify.verification.search", "sigverify.verification.decisions",
-                   "sigverify.verification.scoring", "sigverify.verification.evaluate", "sigverify.cli"]
+                   "sigverify.verification.scoring", "sigverify.verification.evaluate", "sigverify.cli",
+                   "sigverify.models.signature_weights", "sigverify.data.synthetic_pool", "sigverify.pretrain.shipping"]
 # The experiment scripts the JAX engine trains: imported (not run) with TensorFlow unimportable.
 NEUTRAL_SCRIPTS = ["experiments/triplet.py", "experiments/contrastive.py", "experiments/pretrain.py"]
 

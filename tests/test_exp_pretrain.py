@@ -121,7 +121,7 @@ def test_exp_pretrain_compare_writes_table_figure_and_sub_runs(compare_run, work
         assert fine_tuned_config["train"]["augment"] is True and fine_tuned_config["loss"]["loss"] == "semihard"
     synthetic = json.loads((run_dir / "pretrain-synthetic" / "backbone.json").read_text())
     assert synthetic["n_images"] == 6 * 4 * 2  # the smoke profile's 6 synthetic writers × (4 genuine + 4 forged)
-    assert (workdir / "data" / "synthetic-pretraining" / "6w-4s-seed1000" / "SYNTHETIC.json").is_file()
+    assert "6 writers" in synthetic["images"] and "seed 1000" in synthetic["images"]  # the pool's own seed
 
 
 def test_momentum_contrast_queue_and_momentum_update():
@@ -226,8 +226,10 @@ def test_bad_settings_are_refused(tiny_dataset, tmp_path):
         config(method="byol")
     with pytest.raises(ConfigError, match="--queue-size 8: expected at least the batch"):
         check_pretrain_settings(config(method="moco", queue_size=8, pretrain_batch_size=16))
-    with pytest.raises(ConfigError, match="multiple of 4"):
-        check_pretrain_settings(config(method="synthetic", pretrain_batch_size=10))
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        check_pretrain_settings(config(method="synthetic", pretrain_batch_size=12))
+    with pytest.raises(ConfigError, match="--pretrain-steps-per-epoch 5: a setting of synthetic-writer pretraining"):
+        check_pretrain_settings(config(method="simclr", pretrain_steps_per_epoch=5))
     with pytest.raises(ConfigError, match="--unlabelled .*no such folder"):
         check_pretrain_settings(config(unlabelled=str(tmp_path / "missing")))
     with pytest.raises(ConfigError, match="--starts"):
@@ -247,7 +249,7 @@ def test_bad_settings_are_refused(tiny_dataset, tmp_path):
 
 def test_unlabelled_sources(tmp_path, monkeypatch):
     """`--unlabelled DIR`: every image file under the folder, preprocessed like the evaluation data; `synthetic`: the
-    synthetic pretraining writers, generated once into data/synthetic-pretraining/ with their labels dropped."""
+    synthetic pretraining writers, generated once into the pool under the cache folder, with their labels dropped."""
     from sigverify.errors import DataError
     from sigverify.pretrain.sources import pretraining_images
 
@@ -278,5 +280,6 @@ def test_unlabelled_sources(tmp_path, monkeypatch):
     assert synthetic.images.shape == (16, 32, 32) and synthetic.labels is None
     labelled = pretraining_images(config(method="synthetic", synthetic_writers=2, synthetic_samples=4), train_images,
                                   "a dataset", [1, 2])
-    assert sorted(np.unique(labelled.labels).tolist()) == [1, 2, 3, 4]  # genuine w, skilled forgeries w + 2
-    assert (tmp_path / "data" / "synthetic-pretraining" / "2w-4s-seed1000" / "full_forg").is_dir()
+    assert sorted(np.unique(labelled.labels).tolist()) == [0, 1, 2, 3]  # genuine w, skilled forgeries w + 2
+    assert labelled.n_writers == 2 and np.array_equal(labelled.images, synthetic.images)
+    assert list((tmp_path / "cache" / "synthetic-pool").glob("*-seed1000-4s-*/writers-000000.npy"))

@@ -34,12 +34,14 @@ def test_smoke_run_writes_the_whole_run_folder(triplet_smoke_run):
     for key in ("test_writers", "weights", "dataset", "profile", "train_seconds", "params"):
         assert key in metrics
     assert metrics["n_pairs"]["hard"] > 0 and metrics["profile"] == "smoke"
-    assert "random initialisation" in metrics["weights"], "no network here: the report must say which weights ran"
+    # no network here: auto falls back to the shipped signature weights, and the report says so with their sha256
+    assert metrics["weights"].startswith("signature-pretrained weights resnet50-signatures.h5 (sha256 "), metrics["weights"]
+    assert "requested via auto (ImageNet could not be loaded" in metrics["weights"]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["experiment"] == "triplet" and config["train"]["epochs"] == 2
     report = (run_dir / "report.md").read_text()
-    assert "random initialisation" in report and "![" in report
+    assert "signature-pretrained weights" in report and "![" in report
     embeddings = np.load(run_dir / "embeddings.npz")
     assert embeddings["embeddings"].shape[0] == metrics["n_test_images"] == len(embeddings["writer"])
     np.testing.assert_allclose(np.linalg.norm(embeddings["embeddings"], axis=1), 1.0, rtol=1e-4)

@@ -57,6 +57,34 @@ def pk_batches(labels: np.ndarray, classes_per_batch: int, images_per_class: int
     return batches
 
 
+def writer_and_forgery_batches(labels: np.ndarray, n_writers: int, writers_per_batch: int, images_per_class: int,
+                               seed: int, epoch: int, n_batches: int) -> np.ndarray:
+    """P×K batches in which every writer brings both its classes: K genuine signatures (class w) and K skilled
+    forgeries of them (class w + n_writers), so that each batch holds its anchors' hardest negatives. P = 2 ×
+    `writers_per_batch` classes; n_batches × (P·K) positions, drawn from (seed, epoch)."""
+    if writers_per_batch < 1 or writers_per_batch > n_writers:
+        raise ConfigError(f"writer batches: {writers_per_batch} writers per batch; expected 1 to {n_writers}")
+    rng = np.random.default_rng([seed, epoch, 2])
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(2 * n_writers))
+    counts = np.diff(np.append(starts, len(labels)))
+    if counts.min() < images_per_class:
+        raise ConfigError(f"writer batches: a class has {int(counts.min())} images; expected at least "
+                          f"K={images_per_class} for each writer's genuine and forged classes")
+    batch_classes = np.empty((n_batches, 2 * writers_per_batch), dtype=np.int64)
+    for b in range(n_batches):
+        chosen = rng.choice(n_writers, size=writers_per_batch, replace=False)
+        batch_classes[b] = np.stack([chosen, chosen + n_writers], axis=1).reshape(-1)
+    # K distinct members of each class: the first K of a random key per member, within the class's run of `order`
+    offsets = np.argsort(rng.random((n_batches, batch_classes.shape[1], int(counts.max()))), axis=2)
+    picks = np.empty((n_batches, batch_classes.shape[1], images_per_class), dtype=np.int64)
+    for b in range(n_batches):
+        for j, c in enumerate(batch_classes[b]):
+            members = offsets[b, j][offsets[b, j] < counts[c]][:images_per_class]
+            picks[b, j] = order[starts[c] + members]
+    return picks.reshape(n_batches, -1)
+
+
 def training_batches(labels: np.ndarray, settings, seed: int) -> Callable[[int], np.ndarray]:
     """epoch → batches of the sampler that `settings` (a `sigverify.settings.BatchSettings`) names: the original
     shuffled batches, or class-balanced P×K batches."""

@@ -7,6 +7,7 @@ The output is byte-identical for the same arguments: every random draw comes fro
 (seed, writer, ...), so writer w's images do not depend on how many writers or samples are generated.
 """
 
+import functools
 import json
 import pathlib
 import shutil
@@ -167,19 +168,11 @@ def generate_synthetic_dataset(out_dir, n_writers: int = 55, n_samples: int = 24
     (partial_dir / "full_org").mkdir(parents=True)
     (partial_dir / "full_forg").mkdir()
 
-    noise_tile = np.random.default_rng([seed, 0]).standard_normal((_NOISE_TILE_SIZE, _NOISE_TILE_SIZE),
-                                                                  dtype=np.float32)
     for writer in tqdm(range(1, n_writers + 1), desc="synthetic writers", disable=not progress):
-        style = _writer_style(np.random.default_rng([seed, writer]))
-        forgers = [_forger_traits(style, np.random.default_rng([seed, writer, 1, forger]))
-                   for forger in range(style.n_forgers)]
+        pages = writer_signature_pages(writer, n_samples, seed)
         for sample in range(1, n_samples + 1):
-            genuine = _genuine_signature(style, np.random.default_rng([seed, writer, 2, sample]), noise_tile)
-            _write_png(partial_dir / "full_org" / f"original_{writer}_{sample}.png", genuine)
-            forger = forgers[(sample - 1) % style.n_forgers]
-            forgery = _forged_signature(style, forger, np.random.default_rng([seed, writer, 3, sample]),
-                                        noise_tile)
-            _write_png(partial_dir / "full_forg" / f"forgeries_{writer}_{sample}.png", forgery)
+            _write_png(partial_dir / "full_org" / f"original_{writer}_{sample}.png", pages[sample - 1])
+            _write_png(partial_dir / "full_forg" / f"forgeries_{writer}_{sample}.png", pages[n_samples + sample - 1])
 
     description = {"generator": "sigverify.data.synthetic", "generator_version": GENERATOR_VERSION,
                    "n_writers": int(n_writers), "n_samples": int(n_samples), "seed": int(seed)}
@@ -188,6 +181,28 @@ def generate_synthetic_dataset(out_dir, n_writers: int = 55, n_samples: int = 24
         out_dir.rmdir()  # empty, checked above
     partial_dir.rename(out_dir)
     return out_dir
+
+
+def writer_signature_pages(writer: int, n_samples: int, seed: int) -> list[np.ndarray]:
+    """Writer `writer`'s (from 1) `n_samples` genuine signatures, then as many skilled forgeries of them: grey pages,
+    drawn from (seed, writer) alone."""
+    noise_tile = _noise_tile(seed)
+    style = _writer_style(np.random.default_rng([seed, writer]))
+    forgers = [_forger_traits(style, np.random.default_rng([seed, writer, 1, forger]))
+               for forger in range(style.n_forgers)]
+    genuine = [_genuine_signature(style, np.random.default_rng([seed, writer, 2, sample]), noise_tile)
+               for sample in range(1, n_samples + 1)]
+    forged = [_forged_signature(style, forgers[(sample - 1) % style.n_forgers],
+                                np.random.default_rng([seed, writer, 3, sample]), noise_tile)
+              for sample in range(1, n_samples + 1)]
+    return genuine + forged
+
+
+@functools.cache
+def _noise_tile(seed: int) -> np.ndarray:
+    tile = np.random.default_rng([seed, 0]).standard_normal((_NOISE_TILE_SIZE, _NOISE_TILE_SIZE), dtype=np.float32)
+    tile.flags.writeable = False
+    return tile
 
 
 def _write_png(path: pathlib.Path, image: np.ndarray) -> None:

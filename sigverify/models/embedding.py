@@ -151,11 +151,13 @@ def build_base_unet(image_size, embedding_dim: int = 256, normalize: bool = True
 # The pretrained and contrastive baselines
 
 
-def build_pretrained_baseline(backbone: str = "resnet50", image_size=224,
-                              weights: str | None = None, name: str | None = None) -> keras.Model:
-    """The whole backbone and GlobalAveragePooling2D, used untrained (the post's "pretrained, no fine-tuning")."""
+def build_pretrained_baseline(backbone: str = "resnet50", image_size=224, weights: str | None = None,
+                              name: str | None = None, cut_layer: str | None = None) -> keras.Model:
+    """The whole backbone (or its layers up to `cut_layer`) and GlobalAveragePooling2D, used untrained (the post's
+    "pretrained, no fine-tuning")."""
     full_backbone = build_backbone(backbone, image_size, weights)
-    pooled = layers.GlobalAveragePooling2D(name="avg_pool")(full_backbone.output)
+    features = full_backbone.output if cut_layer is None else full_backbone.get_layer(cut_layer).output
+    pooled = layers.GlobalAveragePooling2D(name="avg_pool")(features)
     return keras.Model(full_backbone.input, pooled, name=name or f"pretrained_{backbone}")
 
 
@@ -207,11 +209,15 @@ def validate_pretrained_settings(backbone: str, image_size: int | tuple[int, int
                           f"{KERAS_APPLICATIONS_MIN_SIZE}x{KERAS_APPLICATIONS_MIN_SIZE}")
 
 
-def validate_unfreeze_layer(backbone: str, layer_name: str) -> None:
+def validate_unfreeze_layer(backbone: str, layer_name: str, cut_layer: str | None = None) -> None:
+    """A ConfigError unless `layer_name` is a layer of `backbone` (at or before `cut_layer`, when given)."""
     names = cut_layer_names(get_backbone(backbone).name)
     if layer_name not in names:
         raise ConfigError(f"--unfreeze-from {layer_name}: not a layer of {backbone} to fine-tune from; expected one of "
                           f"{summarize_names(names)}")
+    if cut_layer in names and names.index(layer_name) > names.index(cut_layer):
+        raise ConfigError(f"--unfreeze-from {layer_name}: after the cut layer {cut_layer}; expected a layer of the "
+                          "backbone up to the cut")
 
 
 def unfreeze_backbone_from(backbone_model: keras.Model, backbone: str, layer_name: str) -> None:

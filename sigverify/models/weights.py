@@ -1,6 +1,6 @@
 """Where a backbone's weights come from: ImageNet (keras.applications, downloaded on first use where a network is
-reached), random initialisation, a weights file, or a pretraining run folder (make exp-pretrain); and the backbones
-built with them."""
+reached), the signature-pretrained weights shipped with the package (`sigverify.models.signature_weights`), random
+initialisation, a weights file, or a pretraining run folder (make exp-pretrain); and the backbones built with them."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import keras
 
 from sigverify.errors import ConfigError
 from sigverify.models.backbones import check_cut_layer, cut_layer_names_of, get_backbone, signature_input
+from sigverify.models.signature_weights import load_backbone_weights, shipped_weights
 
-WEIGHTS_CHOICES = "auto, imagenet, none, a pretraining run folder (make exp-pretrain), or the path to a weights file of the backbone"
+WEIGHTS_CHOICES = "auto, imagenet, signatures, none, a pretraining run folder (make exp-pretrain), or the path to a weights file of the backbone"
 # What a pretraining run folder (make exp-pretrain) holds: the backbone up to its cut layer, and what made it.
 PRETRAINED_WEIGHTS_FILE = "backbone.weights.h5"
 PRETRAINED_INFO_FILE = "backbone.json"  # method, method_name, backbone, cut_layer, image_size, source, ...
@@ -35,8 +36,10 @@ def _imagenet_download_error(backbone: str) -> str | None:
 def resolve_weights(requested: str | None, backbone: str) -> tuple[str | None, str]:
     """The `weights` argument for a keras.applications backbone and a description of what was used and why.
 
-    `requested`: "auto" (ImageNet if it can be loaded, otherwise random initialisation with a warning), "imagenet"
-    (a ConfigError when the weights cannot be downloaded), None/"none"/"random", a pretraining run folder (its
+    `requested`: "auto" (ImageNet if it can be loaded, the post's protocol; otherwise the shipped signature weights;
+    otherwise random initialisation with a warning), "imagenet" (a ConfigError when the weights cannot be downloaded),
+    "signatures" (the shipped weights; a ConfigError where the backbone has none), None/"none"/"random", a
+    pretraining run folder (its
     backbone.weights.h5 goes into the layers up to the run's cut layer; the returned argument is the folder), or the
     path to a weights file of the backbone (a `.weights.h5` saved from the keras.applications model, or Keras's own
     ImageNet `.h5` file).
@@ -49,9 +52,19 @@ def resolve_weights(requested: str | None, backbone: str) -> tuple[str | None, s
         error = _imagenet_download_error(backbone)
         if error is None:
             return "imagenet", f"ImageNet weights of {backbone} (keras.applications, requested via auto)"
-        description = f"random initialisation (imagenet requested via auto, but download failed: {error})"
+        shipped = shipped_weights(backbone)
+        if shipped is not None:
+            return "signatures", f"{shipped.describe()}, requested via auto (ImageNet could not be loaded: {error})"
+        description = (f"random initialisation (imagenet requested via auto, but download failed: {error}; no "
+                       f"signature weights are shipped for {backbone})")
         warnings.warn(f"{backbone}: {description}", stacklevel=2)
         return None, description
+    if choice.lower() == "signatures":
+        shipped = shipped_weights(backbone)
+        if shipped is None:
+            raise ConfigError(f"weights: signatures: no signature-pretrained weights are shipped for {backbone}; "
+                              f"expected a backbone with shipped weights (resnet50), or {WEIGHTS_CHOICES}")
+        return "signatures", shipped.describe()
     if choice.lower() == "imagenet":
         error = _imagenet_download_error(backbone)
         if error is not None:
@@ -86,7 +99,7 @@ def pretraining_run_info(folder: str | Path, backbone: str) -> dict:
 
 def pretraining_info(weights: str | None, backbone: str) -> dict | None:
     """The record of the pretraining run that `weights` names (its backbone.json, checked), None for any other start."""
-    if weights is None or str(weights).lower() in ("none", "random", "auto", "imagenet"):
+    if weights is None or str(weights).lower() in ("none", "random", "auto", "imagenet", "signatures"):
         return None
     path = Path(weights).expanduser()
     folder = path if path.is_dir() else path.parent if path.name == PRETRAINED_WEIGHTS_FILE else None
@@ -99,7 +112,10 @@ def build_backbone(backbone: str, image_size, weights: str | None) -> keras.Mode
     weights_argument, _ = resolve_weights(weights, backbone)
     constructor = get_backbone(backbone).constructor
     signature, scaled = signature_input(image_size, get_backbone(backbone).input_scaling)
-    if weights_argument is not None and Path(weights_argument).is_dir():
+    if weights_argument == "signatures":
+        model = constructor(include_top=False, weights=None, input_tensor=scaled)
+        load_backbone_weights(model, shipped_weights(backbone).path)
+    elif weights_argument is not None and Path(weights_argument).is_dir():
         model = constructor(include_top=False, weights=None, input_tensor=scaled)
         _load_pretrained_layers(model, backbone, Path(weights_argument))
     else:

@@ -16,6 +16,8 @@ from sigverify.models.embedding import (
     build_embedding_model,
     build_pretrained_baseline,
     check_base_cnn_size,
+    unfreeze_backbone_from,
+    validate_unfreeze_layer,
 )
 from sigverify.models.weights import resolve_weights
 
@@ -29,6 +31,7 @@ class ZooModel:
     normalize: bool = True
     reported_max_accuracy: float | None = None  # the post's figure on skilled forgeries, as a fraction
     reported_eer: float | None = None
+    weights: str | None = None  # a start of its own, whatever --weights says (the shipped signature weights)
 
 
 MODEL_ZOO = {
@@ -51,6 +54,8 @@ MODEL_ZOO = {
                                  reported_max_accuracy=0.743, reported_eer=0.268),
     "pretrained_resnet50": ZooModel("pretrained", "pretrained ResNet50, no fine-tuning", "resnet50",
                                     reported_max_accuracy=0.693, reported_eer=0.315),
+    "signatures_resnet50": ZooModel("pretrained", "signature-pretrained ResNet50 + GAP, no fine-tuning", "resnet50",
+                                    "conv4_block6_add", weights="signatures"),
     "contrastive_resnet50": ZooModel("contrastive", "contrastive loss, frozen ResNet50", "resnet50",
                                      reported_max_accuracy=0.728),
 }
@@ -88,7 +93,8 @@ def build_zoo_model(name: str, image_size=224, weights: str | None = None) -> ke
         return build_embedding_model(entry.backbone, entry.cut_layer, image_size, weights, normalize=entry.normalize,
                                      name=name)
     if entry.kind == "pretrained":
-        return build_pretrained_baseline(entry.backbone, image_size, weights, name=name)
+        return build_pretrained_baseline(entry.backbone, image_size, entry.weights or weights, name=name,
+                                         cut_layer=entry.cut_layer)
     return build_contrastive_embedding_model(entry.backbone, image_size, weights)
 
 
@@ -100,6 +106,12 @@ def embedding_model_from_settings(model_settings, image_size: int) -> tuple[kera
                                   normalize=model_settings.normalize, embedding_dim=model_settings.embedding_dim)
     description = (f"{model_settings.backbone} cut at {model_settings.cut_layer} + conv head"
                    + ("" if model_settings.normalize else " (no L2 normalization)"))
+    if model_settings.unfreeze_from and weights is None:
+        description += f" (--unfreeze-from {model_settings.unfreeze_from} not applied: a random start trains every layer)"
+    elif model_settings.unfreeze_from:
+        validate_unfreeze_layer(model_settings.backbone, model_settings.unfreeze_from, model_settings.cut_layer)
+        unfreeze_backbone_from(model, model_settings.backbone, model_settings.unfreeze_from)
+        description += f", layers before {model_settings.unfreeze_from} frozen"
     return model, weights_description, description
 
 
@@ -126,4 +138,4 @@ def model_weights(name: str, requested: str | None) -> tuple[str | None, str]:
     entry = _zoo_entry(name)
     if entry.backbone is None:
         return None, "random initialisation (trained from scratch)"
-    return resolve_weights(requested, entry.backbone)
+    return resolve_weights(entry.weights or requested, entry.backbone)

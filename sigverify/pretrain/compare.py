@@ -15,9 +15,10 @@ from sigverify.models.zoo import MODEL_ZOO
 from sigverify.protocol import repeat_configs
 from sigverify.settings import PRETRAIN_METHODS, ExperimentConfig, comma_list
 
-STARTS = ("random", "simclr", "moco", "synthetic", "imagenet")
+STARTS = ("random", "simclr", "moco", "synthetic", "signatures", "imagenet")
 START_NAMES = {"random": "random initialisation", "simclr": "SimCLR", "moco": "MoCo v2",
-               "synthetic": "synthetic writers (triplet)", "imagenet": "ImageNet"}
+               "synthetic": "synthetic writers (triplet)", "signatures": "shipped signature weights",
+               "imagenet": "ImageNet"}
 POST_BEST_MAX_ACCURACY = MODEL_ZOO["small_resnet50"].reported_max_accuracy  # 0.818: Small ResNet50, ImageNet, CEDAR
 
 

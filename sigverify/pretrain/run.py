@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 
 from sigverify.data.augment import batch_augmenter, view_pair_augmenter
-from sigverify.data.samplers import check_pk, pk_batches, shuffled_batches
+from sigverify.data.samplers import shuffled_batches, writer_and_forgery_batches
 from sigverify.errors import ConfigError
 from sigverify.evaluation.model import evaluate_model, reference_points
 from sigverify.losses import MoCoLoss, NTXentLoss, TripletSemiHardLoss, count_positive_pairs, describe_loss
@@ -80,10 +80,14 @@ def check_pretrain_settings(config: ExperimentConfig) -> None:
                           "KERAS_BACKEND=tensorflow, or --method simclr or synthetic")
     validate_model_settings(config.model.backbone, config.model.cut_layer, config.image.image_size)
     pretrain = config.pretrain
-    if pretrain.method == "synthetic" and pretrain.pretrain_batch_size % SYNTHETIC_IMAGES_PER_CLASS:
+    if pretrain.method == "synthetic" and pretrain.pretrain_batch_size % (2 * SYNTHETIC_IMAGES_PER_CLASS):
         raise ConfigError(f"--pretrain-batch-size {pretrain.pretrain_batch_size}: synthetic-writer pretraining takes "
-                          f"P×K batches of K = {SYNTHETIC_IMAGES_PER_CLASS}; expected a multiple of "
-                          f"{SYNTHETIC_IMAGES_PER_CLASS}")
+                          f"{SYNTHETIC_IMAGES_PER_CLASS} genuine signatures and {SYNTHETIC_IMAGES_PER_CLASS} forgeries "
+                          f"of each writer of a batch; expected a multiple of {2 * SYNTHETIC_IMAGES_PER_CLASS}")
+    if pretrain.method != "synthetic" and pretrain.pretrain_steps_per_epoch:
+        raise ConfigError(f"--pretrain-steps-per-epoch {pretrain.pretrain_steps_per_epoch}: a setting of synthetic-writer "
+                          f"pretraining (its batches are drawn, not a pass over the images); --method "
+                          f"{pretrain.method} takes one pass an epoch: leave it out")
     if pretrain.method == "moco" and pretrain.pretrain_batch_size < 4:
         raise ConfigError(f"--pretrain-batch-size {pretrain.pretrain_batch_size}: MoCo normalizes its keys over two "
                           "halves of the batch; expected at least 4 images")
@@ -109,8 +113,10 @@ def prepare_pretraining(config: ExperimentConfig, base: Prepared) -> PretrainPre
     if len(images.images) < batch:
         raise ConfigError(f"--pretrain-batch-size {batch}: more than the {len(images.images)} pretraining images "
                           f"({images.description}); expected a smaller batch or more images")
-    if images.labels is not None:
-        check_pk(images.labels, batch // SYNTHETIC_IMAGES_PER_CLASS, SYNTHETIC_IMAGES_PER_CLASS)
+    if images.labels is not None and batch // (2 * SYNTHETIC_IMAGES_PER_CLASS) > images.n_writers:
+        raise ConfigError(f"--pretrain-batch-size {batch}: {batch // (2 * SYNTHETIC_IMAGES_PER_CLASS)} writers a "
+                          f"batch, more than the {images.n_writers} synthetic writers; expected a smaller batch or "
+                          "more --synthetic-writers")
     return PretrainPrepared(base, images)
 
 
@@ -138,12 +144,15 @@ def build_pretraining_model(config: ExperimentConfig, weights: str | None) -> Pr
 
 def pretraining_feed(config: ExperimentConfig, images: PretrainingImages) -> LabelledBatches | ViewBatches:
     """Two augmented views of shuffled images (SimCLR, MoCo), or augmented P×K batches of the synthetic writers'
-    classes."""
+    classes, each writer's genuine and forged classes together; `--pretrain-steps-per-epoch` batches an epoch."""
     batches, seed, strength = as_pretraining_config(config).batches, config.train.seed, config.pretrain.augment_strength
     if images.labels is not None:
+        steps = config.pretrain.pretrain_steps_per_epoch or max(1, len(images.labels) // batches.batch_size)
+        writers_per_batch = batches.classes_per_batch // 2
         return LabelledBatches(
             images.images, images.labels,
-            lambda epoch: pk_batches(images.labels, batches.classes_per_batch, batches.images_per_class, seed, epoch),
+            lambda epoch: writer_and_forgery_batches(images.labels, images.n_writers, writers_per_batch,
+                                                     batches.images_per_class, seed, epoch, steps),
             lambda epoch: batch_augmenter(seed, epoch, strength))
     return ViewBatches(images.images, lambda epoch: shuffled_batches(len(images.images), batches.batch_size, seed, epoch),
                        lambda epoch: view_pair_augmenter(seed, epoch, strength))

@@ -1,0 +1,49 @@
+"""The signature-pretrained backbone the package ships (`--weights signatures`): ResNet50 up to conv4_block6_add trained
+with the semi-hard triplet loss on thousands of synthetic writers (`sigverify.data.synthetic_pool`: each writer's
+genuine signatures and skilled forgeries of them as classes of their own, both in every batch, augmented), evaluated as
+frozen features on the test writers of `--data`, and written in float16 with its model card into the run folder's
+shipped/ (`make ship-weights RUN=...` installs it into sigverify/weights/). Resumable: `--resume RUN` continues from the
+last checkpoint (one every `--pretrain-steps-per-epoch` batches).
+
+    python experiments/pretrain_backbone.py --profile full [--data DIR]
+    (or: make pretrain-backbone PROFILE=full)
+"""
+
+import sys
+
+from sigverify.experiment import run_experiment
+from sigverify.pretrain.run import check_pretrain_settings, prepare_pretraining, pretrain_and_report
+from sigverify.pretrain.shipping import export_shipped_weights
+from sigverify.settings import with_base
+from sigverify.steps import prepare_experiment
+
+# smoke: seconds, for tests. quick: about 10 minutes on a 2-core CPU. full: the shipped file, 5,000 writers, 600
+# batches of 64 at 64×64 (the quick profile's image size): about 45 minutes on a 2-core AVX2 CPU in float32.
+BACKBONE_PRETRAINING = {
+    "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 64},
+              "pretrain": {"pretrain_epochs": 2, "pretrain_steps_per_epoch": 2, "pretrain_batch_size": 16,
+                           "synthetic_writers": 8, "synthetic_samples": 4}},
+    "quick": {"pretrain": {"pretrain_epochs": 4, "pretrain_steps_per_epoch": 40, "synthetic_writers": 1000}},
+    "full": {"pretrain": {"pretrain_epochs": 6, "pretrain_steps_per_epoch": 100, "synthetic_writers": 5000}},
+}
+PROFILES = with_base(
+    {"model": {"weights": "none", "cut_layer": "conv4_block6_add"}, "image": {"image_size": 64},
+     "report": {"umap": False, "gradcam_images": 0},
+     "pretrain": {"method": "synthetic", "pretrain_batch_size": 64, "pretrain_learning_rate": 1e-3,
+                  "synthetic_samples": 12}},
+    BACKBONE_PRETRAINING)
+
+
+def prepare(config):
+    return prepare_pretraining(config, prepare_experiment(config, lambda: check_pretrain_settings(config),
+                                                          labelled_batches=False))
+
+
+def pretrain_and_ship(run, config, prepared):
+    metrics = pretrain_and_report(run, config, prepared)
+    export_shipped_weights(run, config, metrics, prepared.base.data.test.images[:64])
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(run_experiment("pretrain-backbone", PROFILES, prepare, pretrain_and_ship, description=__doc__))

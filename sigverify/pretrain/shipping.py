@@ -1,0 +1,162 @@
+"""A finished pretraining run made into shipped weights: the backbone in float16 with its model card (written into the
+run folder by make pretrain-backbone), and installed into the package's weights folder (make ship-weights RUN=...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from sigverify.errors import ConfigError
+from sigverify.models.signature_weights import (
+    SHIPPED_NAMES,
+    WEIGHTS_DIR,
+    card_path,
+    load_backbone_weights,
+    write_backbone_weights,
+)
+from sigverify.models.weights import PRETRAINED_INFO_FILE, build_cut_backbone
+from sigverify.pretrain.models import build_frozen_features_model
+from sigverify.runs import RunFolder, write_json, write_text
+from sigverify.settings import ExperimentConfig
+
+SHIPPED_FOLDER = "shipped"  # in the pretraining run folder
+MAX_SHIPPED_BYTES = 20 * 1024 * 1024
+
+
+def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: dict, test_images: np.ndarray) -> Path:
+    """run/shipped/<name>.h5 (the run's backbone in float16), its card (.card.json) and the card as Markdown."""
+    model_settings = config.model
+    name = SHIPPED_NAMES.get(model_settings.backbone, f"{model_settings.backbone}-signatures")
+    folder = run.file(SHIPPED_FOLDER)
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.h5"
+    size = config.image.image_size
+    trained = build_cut_backbone(model_settings.backbone, model_settings.cut_layer, size, weights=str(run.path))
+    sha256 = write_backbone_weights(trained, model_settings.backbone, model_settings.cut_layer, path)
+    if path.stat().st_size > MAX_SHIPPED_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size / 2**20:.1f} MB, more than the {MAX_SHIPPED_BYTES / 2**20:.0f} "
+                          "MB a shipped file may hold; expected an earlier --cut-layer")
+    shipped = build_cut_backbone(model_settings.backbone, model_settings.cut_layer, size, weights=None)
+    load_backbone_weights(shipped, path)
+    info = json.loads(run.file(PRETRAINED_INFO_FILE).read_text())
+    card = {
+        "name": name, "file": path.name, "sha256": sha256, "bytes": path.stat().st_size,
+        "format": "float16 HDF5, one group per layer (sigverify.models.signature_weights)",
+        "backbone": model_settings.backbone, "cut_layer": model_settings.cut_layer,
+        "parameters": int(sum(np.prod(weight.shape) for weight in trained.weights)),
+        "loads_into": "every model of this backbone cut at or after the first layer: the layers up to "
+                      f"{model_settings.cut_layer} come from the file, later ones are random",
+        "data": f"{info['images']}; synthetic only: no CEDAR image, no evaluation writer (the evaluation sets use "
+                "seed 0 or are scanned paper)",
+        "recipe": {"method": info["method_name"], "loss": metrics.get("loss_description"), "image_size": size,
+                   "epochs": info["epochs"], "steps_per_epoch": config.pretrain.pretrain_steps_per_epoch or "one pass",
+                   "batch_size": info["batch_size"], "learning_rate": config.pretrain.pretrain_learning_rate,
+                   "schedule": "cosine", "augment_strength": config.pretrain.augment_strength,
+                   "mixed_precision": config.devices.mixed_precision, "start": info["start"]},
+        "reproduce": reproducing_command(config),
+        "run": {"profile": config.profile, "seed": config.train.seed,
+                "train_seconds": round(float(metrics.get("train_seconds") or 0.0)), "machine": _machine(),
+                "epoch_losses": [round(loss, 4) for loss in _epoch_losses(run)]},
+        "float16_loss": float16_loss(trained, shipped, test_images),
+        "figures": {"frozen features (backbone + GAP, cosine) on the "
+                    f"{Path(str(metrics.get('dataset'))).name} test writers": _figures_of(metrics),
+                    "the same model untrained, and raw pixels (max accuracy)": metrics.get("reference_points")},
+    }
+    write_json(card_path(path), card)
+    write_text(folder / f"{name}.md", model_card_markdown(card))
+    return path
+
+
+def reproducing_command(config: ExperimentConfig) -> str:
+    """The make command that trains the same file (the data only chooses the evaluation writers of the card's
+    figures: pretraining sees synthetic writers alone)."""
+    flags = [f"PROFILE={config.profile}"]
+    if config.data.data:
+        flags.append(f"DATA={config.data.data}")
+    if config.devices.mixed_precision:
+        flags.append("MIXED_PRECISION=1")
+    if config.train.seed:
+        flags.append(f"SEED={config.train.seed}")
+    return f"make pretrain-backbone {' '.join(flags)} && make ship-weights RUN=runs/pretrain-backbone/<run id>"
+
+
+def _machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
+    return f"{cpu or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _epoch_losses(run: RunFolder) -> list[float]:
+    history = run.file("history.csv")
+    if not history.is_file():
+        return []
+    lines = history.read_text().splitlines()
+    column = lines[0].split(",").index("loss")
+    return [float(line.split(",")[column]) for line in lines[1:] if line]
+
+
+def float16_loss(trained, shipped, images: np.ndarray) -> dict:
+    """How far the float16 file's pooled features are from the trained float32 ones, on evaluation images."""
+    reference = build_frozen_features_model(trained).predict(images, verbose=0)
+    stored = build_frozen_features_model(shipped, name="shipped_features").predict(images, verbose=0)
+    cosine = np.sum(reference * stored, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(stored, axis=1))
+    return {"images": len(images), "min_cosine_similarity": float(cosine.min()),
+            "max_abs_difference": float(np.abs(reference - stored).max()),
+            "max_abs_feature": float(np.abs(reference).max())}
+
+
+def _figures_of(metrics: dict) -> dict:
+    return {name: {key: metrics[pair_set][key] for key in ("max_accuracy", "eer", "accuracy_at_train_threshold")}
+            for pair_set, name in (("hard", "skilled forgeries"), ("easy", "random forgeries"))
+            if isinstance(metrics.get(pair_set), dict)}
+
+
+def model_card_markdown(card: dict) -> str:
+    recipe = "\n".join(f"| {key} | {value} |" for key, value in card["recipe"].items())
+    figures = "\n".join(f"- {where}: {json.dumps(values)}" for where, values in card["figures"].items())
+    return f"""# {card['name']}
+
+{card['backbone']} up to `{card['cut_layer']}` ({card['parameters']:,} parameters), pretrained on synthetic signatures
+only. `--weights signatures` loads it (and `--weights auto` where ImageNet cannot be loaded).
+
+- File: `{card['file']}` ({card['bytes']:,} bytes, {card['format']})
+- sha256: `{card['sha256']}`
+- Loads into: {card['loads_into']}
+- Data: {card['data']}
+- Reproduce: `{card['reproduce']}`
+- Trained: profile {card['run']['profile']}, seed {card['run']['seed']}, {card['run']['train_seconds']} s on
+  {card['run']['machine']}; loss per epoch {card['run']['epoch_losses']}
+- float16 storage: {json.dumps(card['float16_loss'])}
+
+## Recipe
+
+| setting | value |
+|---|---|
+{recipe}
+
+## Figures
+
+{figures}
+"""
+
+
+def install_shipped_weights(run_dir: Path, destination: Path = WEIGHTS_DIR) -> list[Path]:
+    """Copy a pretrain-backbone run's shipped files into `destination` (the package's weights folder)."""
+    source = Path(run_dir) / SHIPPED_FOLDER
+    files = sorted(source.glob("*.h5")) if source.is_dir() else []
+    if not files:
+        raise ConfigError(f"RUN={run_dir}: no shipped weights ({SHIPPED_FOLDER}/*.h5); expected a finished "
+                          "make pretrain-backbone run")
+    destination.mkdir(parents=True, exist_ok=True)
+    installed = []
+    for weights in files:
+        for path in (weights, card_path(weights), weights.with_suffix(".md")):
+            shutil.copy2(path, destination / path.name)
+            installed.append(destination / path.name)
+    return installed
