@@ -87,8 +87,8 @@ def test_as_many_folds_as_writers_is_refused_before_training(triplet_in_process,
 
 def test_a_flag_the_experiment_does_not_use_is_refused(triplet_in_process, tiny_dataset, tmp_path):
     result = triplet_in_process("--profile", "smoke", "--data", tiny_dataset, "--runs", tmp_path / "runs",
-                                   "--unfreeze-from", "conv5_block3_out")
-    assert_refused(result, "--unfreeze-from", "exp-contrastive")
+                                   "--zoo", "base_cnn")
+    assert_refused(result, "--zoo", "exp-models")
     assert not (tmp_path / "cache").exists() and not run_folders(tmp_path / "runs")
 
 
