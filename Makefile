@@ -23,6 +23,7 @@ LOSSES ?=
 METHOD ?=
 STARTS ?=
 UNLABELLED ?=
+TRIALS ?=
 export SIGVERIFY_CACHE ?= $(CURDIR)/data/cache
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -32,7 +33,7 @@ EXPERIMENT_FLAGS = --profile $(PROFILE) --runs $(RUNS) \
 	$(if $(filter 1,$(MIXED_PRECISION)),--mixed-precision) $(if $(filter 1,$(JIT)),--jit) \
 	$(if $(FOLDS),--folds $(FOLDS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(LOSS),--loss $(LOSS)) $(ARGS)
 
-.PHONY: install exp-triplet exp-contrastive exp-models exp-losses exp-pretrain exp-pretrain-compare pretrain-backbone ship-weights data-synthetic test lint clean-cache bench-gpu
+.PHONY: install exp-triplet exp-contrastive exp-models exp-losses exp-tune exp-pretrain exp-pretrain-compare pretrain-backbone ship-weights data-synthetic test lint clean-cache bench-gpu
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,9 +57,16 @@ exp-contrastive: install
 exp-models: install
 	$(PY) experiments/models.py $(EXPERIMENT_FLAGS) $(if $(MODELS),--zoo $(MODELS))
 
-# LOSSES=semihard,arcface picks losses (default: all seven); FOLDS=5 (writer-disjoint folds) and SEEDS=3 repeat each.
+# LOSSES=semihard,arcface picks losses (default: all ten, the cross-entropy pipelines softmax, softmax-genuine and
+# pair-ce among them); FOLDS=5 (writer-disjoint folds) and SEEDS=3 repeat each.
 exp-losses: install
 	$(PY) experiments/losses.py $(EXPERIMENT_FLAGS) $(if $(LOSSES),--losses $(LOSSES))
+
+# Optuna search over loss, margin, learning rate, cut layer, image size and augmentation strength, on validation folds
+# of the training writers: TRIALS=30 trials to finish, LOSSES=semihard,arcface the candidate losses. A killed study
+# continues with RESUME=runs/tune/<id> (and the PROFILE it started with).
+exp-tune: install
+	$(PY) experiments/tune.py $(EXPERIMENT_FLAGS) $(if $(LOSSES),--losses $(LOSSES)) $(if $(TRIALS),--trials $(TRIALS))
 
 # METHOD=simclr|moco|synthetic (default simclr); UNLABELLED=synthetic or a folder of images (default: the training
 # writers' images of DATA). Pretraining length: ARGS="--pretrain-epochs 50".

@@ -1,5 +1,6 @@
 """bench-loss: our TripletSemiHardLoss against the original's tiled formulation (`naive_tiled_semihard_loss` in
-tests/metric_oracles.py, the tests' reference), forward and backward on float32 L2-normalized 256-d embeddings, P×K
+tests/metric_oracles.py, the tests' reference) and against our previous version, which sorted every row of the distance
+matrix ("sorted", `sorted_semihard_loss` below), forward and backward on float32 L2-normalized 256-d embeddings, P×K
 labels (4 images per class), at several batch sizes.
 
 Each (loss, batch size) runs in its own subprocess: the time is the median of repeated calls of one compiled
@@ -29,11 +30,30 @@ from common import (
     write_results,
 )
 
-IMPLEMENTATIONS = ("ours", "naive")
+IMPLEMENTATIONS = ("ours", "sorted", "naive")
 EMBEDDING_DIM = 256
 IMAGES_PER_CLASS = 4
 OUT_OF_MEMORY = "out of memory budget"
 MEMORY_ERRORS = ("ResourceExhausted", "bad_alloc", "MemoryError", "Cannot allocate", "OOM", "out of memory")
+
+
+def sorted_semihard_loss(labels, embeddings, margin=1.0, distance_metric="euclidean"):
+    """TripletSemiHardLoss as sigverify.losses computed it before it searched each positive's negative: every row of
+    the distance matrix sorted (`sorted_semihard_negatives`), B² log B."""
+    from keras import ops
+
+    from sigverify.distances import pairwise_distances
+    from sigverify.losses import sorted_semihard_negatives
+
+    distances = pairwise_distances(embeddings, distance_metric)
+    labels = ops.reshape(labels, (-1,))
+    same_label = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+    positive_mask = ops.logical_and(same_label, ops.logical_not(ops.eye(ops.shape(labels)[0], dtype="bool")))
+    order, sorted_distances, negative_distances = sorted_semihard_negatives(distances, ops.logical_not(same_label))
+    pair_losses = ops.maximum(margin + sorted_distances - negative_distances, 0.0)
+    is_positive_pair = ops.take_along_axis(positive_mask, order, axis=1)
+    positive_pairs = ops.sum(ops.cast(positive_mask, distances.dtype))
+    return ops.sum(ops.where(is_positive_pair, pair_losses, 0.0)) / ops.maximum(positive_pairs, 1.0)
 
 
 def measure(implementation: str, batch_size: int, budget_bytes: int) -> dict:
@@ -44,7 +64,8 @@ def measure(implementation: str, batch_size: int, budget_bytes: int) -> dict:
     from sigverify.losses import TripletSemiHardLoss
     from tests.metric_oracles import naive_tiled_semihard_loss
 
-    loss = TripletSemiHardLoss() if implementation == "ours" else None
+    loss = {"ours": TripletSemiHardLoss(), "sorted": sorted_semihard_loss,
+            "naive": naive_tiled_semihard_loss}[implementation]
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(batch_size, EMBEDDING_DIM)).astype(np.float32)
     embeddings = tf.constant(embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True))
@@ -54,7 +75,7 @@ def measure(implementation: str, batch_size: int, budget_bytes: int) -> dict:
     def value_and_gradient(x, y):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            value = loss(y, x) if loss is not None else naive_tiled_semihard_loss(y, x)
+            value = loss(y, x)
         return value, tape.gradient(value, x)
 
     value_and_gradient.get_concrete_function(embeddings, labels)  # traced before measuring: only the run counts
@@ -83,12 +104,17 @@ def summarize(rows: list[dict], budget_gib: float) -> tuple[dict, str]:
     sizes = sorted({row["batch_size"] for row in rows})
     both = [b for b in sizes if by_case[("ours", b)]["seconds"] and by_case[("naive", b)]["seconds"]]
     speedups = {b: by_case[("naive", b)]["seconds"] / by_case[("ours", b)]["seconds"] for b in both}
+    with_sorted = [b for b in sizes if by_case[("ours", b)]["seconds"] and by_case[("sorted", b)]["seconds"]]
+    over_sorted = {b: by_case[("sorted", b)]["seconds"] / by_case[("ours", b)]["seconds"] for b in with_sorted}
     memory_ratios = {b: by_case[("naive", b)]["peak_memory_mib"] / max(by_case[("ours", b)]["peak_memory_mib"], 1e-3)
                      for b in both}
     largest_ours = max(b for b in sizes if by_case[("ours", b)]["seconds"])
     loss_differences = [abs(by_case[("naive", b)]["loss"] - by_case[("ours", b)]["loss"]) for b in both]
+    sorted_differences = [abs(by_case[("sorted", b)]["loss"] - by_case[("ours", b)]["loss"]) for b in with_sorted]
     summary = {"speedup_by_batch_size": speedups, "memory_ratio_by_batch_size": memory_ratios,
                "largest_loss_difference": max(loss_differences, default=None),
+               "speedup_over_sorted_by_batch_size": over_sorted,
+               "largest_loss_difference_from_sorted": max(sorted_differences, default=None),
                "naive_out_of_memory_budget_at": [b for b in sizes if by_case[("naive", b)].get("failed") == OUT_OF_MEMORY],
                "ours_peak_memory_mib_at_largest": by_case[("ours", largest_ours)]["peak_memory_mib"],
                "largest_batch_size": largest_ours}
@@ -96,6 +122,9 @@ def summarize(rows: list[dict], budget_gib: float) -> tuple[dict, str]:
     if both:
         b = max(both)
         parts.append(f"naive/ours time at B={b}: {speedups[b]:.1f}x (memory {memory_ratios[b]:.0f}x)")
+    for b in with_sorted:
+        parts.append(f"B={b}: ours {by_case[('ours', b)]['seconds'] * 1000:.0f} ms, sorted "
+                     f"{by_case[('sorted', b)]['seconds'] * 1000:.0f} ms (sorted/ours {over_sorted[b]:.1f}x)")
     for b in summary["naive_out_of_memory_budget_at"]:
         parts.append(f"B={b}: naive {OUT_OF_MEMORY} ({budget_gib:g} GiB), ours {by_case[('ours', b)]['seconds']:.3f} s")
     parts.append(f"ours at B={largest_ours}: {summary['ours_peak_memory_mib_at_largest']:.0f} MiB peak")
@@ -118,7 +147,7 @@ def main() -> int:
             rows.append(row)
             shown = (f"{row['seconds'] * 1000:9.1f} ms  {row['peak_memory_mib']:8.1f} MiB" if row["seconds"] is not None
                      else row["failed"])
-            print(f"B={batch_size:5d} {implementation:5s} {shown}", flush=True)
+            print(f"B={batch_size:5d} {implementation:6s} {shown}", flush=True)
     summary, ratio_line = summarize(rows, args.memory_budget_gib)
     write_results("loss", {"batch_sizes": args.batch_sizes, "memory_budget_gib": args.memory_budget_gib,
                            "embedding_dim": EMBEDDING_DIM, "images_per_class": IMAGES_PER_CLASS,

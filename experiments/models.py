@@ -115,7 +115,7 @@ def train_zoo_model(sub, config, prepared: Prepared) -> dict:
         return build_zoo_model(name, size, weights), weights_description, entry.description + cut
 
     return train_and_report(sub, config, prepared, build_model,
-                            lambda labels: TripletSemiHardLoss(margin=loss.margin, distance_metric=loss.distance),
+                            lambda train: TripletSemiHardLoss(margin=loss.margin, distance_metric=loss.distance),
                             loss_description=f"TripletSemiHardLoss(margin={loss.margin}, {loss.distance})")
 
 

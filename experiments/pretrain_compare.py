@@ -24,7 +24,6 @@ from sigverify.experiment import run_experiment
 from sigverify.losses import loss_from_settings
 from sigverify.models.backbones import validate_model_settings
 from sigverify.models.weights import resolve_weights
-from sigverify.models.zoo import embedding_model_from_settings
 from sigverify.pretrain.compare import (
     POST_BEST_MAX_ACCURACY,
     START_NAMES,
@@ -103,10 +102,7 @@ def pretrain_once(run, config, method: str, prepared: PretrainPrepared):
 
 def fine_tune(run, config, prepared):
     """The triplet experiment, from the start `--weights` names."""
-    return train_and_report(
-        run, config, prepared,
-        build_model=lambda: embedding_model_from_settings(config.model, config.image.image_size),
-        build_loss=lambda labels: loss_from_settings(config.loss, labels, config.model.embedding_dim))
+    return train_and_report(run, config, prepared)
 
 
 def compare(run, config, prepared: ComparePrepared) -> dict:

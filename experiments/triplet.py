@@ -13,7 +13,6 @@ from sigverify.experiment import run_experiment
 from sigverify.losses import loss_from_settings
 from sigverify.models.backbones import validate_model_settings
 from sigverify.models.embedding import validate_unfreeze_layer
-from sigverify.models.zoo import embedding_model_from_settings
 from sigverify.protocol import repeated
 from sigverify.steps import prepare_experiment, train_and_report
 
@@ -55,10 +54,7 @@ def prepare(config):
 
 def train_and_evaluate(run, config, prepared):
     """Model and loss of the settings, online-mining training, evaluation on the test writers, run files."""
-    return train_and_report(
-        run, config, prepared,
-        build_model=lambda: embedding_model_from_settings(config.model, config.image.image_size),
-        build_loss=lambda labels: loss_from_settings(config.loss, labels, config.model.embedding_dim))
+    return train_and_report(run, config, prepared)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 
 Training losses use `pairwise_distances` (every row against every row, TensorFlow Addons semantics: its "L2",
 "squared-L2" and "angular" are our three names); evaluation uses `paired_distances` (row i of one array against row i
-of another); `scoring_distance` says which of them scores a run's verification pairs.
+of another); `scoring_distance` says which of them scores a run's verification pairs. A pair classifier's run scores by
+a learned distance instead (`sigverify.models.siamese.PairClassifierScore`), which the evaluation functions accept
+wherever they take a metric name.
 """
 
 from collections.abc import Callable
@@ -116,9 +118,17 @@ def paired_distances(a, b, metric="cosine"):
 
 
 def paired_distances_numpy(a, b, metric="cosine") -> np.ndarray:
-    """`paired_distances` returned as a float64 NumPy vector, for evaluation code."""
+    """`paired_distances` returned as a float64 NumPy vector, for evaluation code. `metric` may also be a learned pair
+    score (`sigverify.models.siamese.PairClassifierScore`: a callable of two embedding arrays with a `name`)."""
+    if not isinstance(metric, str):
+        return np.asarray(metric(a, b), dtype=np.float64)
     distances = paired_distances(np.asarray(a, dtype="float32"), np.asarray(b, dtype="float32"), metric)
     return keras.ops.convert_to_numpy(distances).astype(np.float64)
+
+
+def metric_name(metric) -> str:
+    """What metrics.json records for a metric: its name, or a learned pair score's `name`."""
+    return metric if isinstance(metric, str) else metric.name
 
 
 def scoring_distance(training_distance: str, l2_normalized: bool = True) -> str:

@@ -7,6 +7,8 @@ and the semi-hard search needs memory in B² rather than B³. Triplet losses are
 `QuadrupletLoss` and the margin-softmax losses (`CosFaceLoss`, `ArcFaceLoss`, `SphereFaceLoss`, which own a trainable
 class-weight matrix) are called like the triplet losses. The self-supervised pretraining losses take views, not labels:
 `NTXentLoss` (SimCLR) `y_pred` = two views' embeddings, `MoCoLoss` `y_pred` = (query, key, queue).
+`SoftmaxLoss` is a plain writer classifier (owning W and b) on the embedding model; `PairCrossEntropyLoss` takes a
+pair classifier's logits (`sigverify.models.siamese.build_pair_classifier`) and each pair's class.
 """
 
 import inspect
@@ -82,6 +84,12 @@ def sorted_semihard_negatives(distances, negative_mask):
     smallest entry of row a (tfa's corner case). Instead of tfa's B×B×B comparison, each row is
     sorted once and negatives are counted with cumulative sums, so memory stays in B² (time B² log B).
     """
+    order, sorted_distances, chosen_position = _sorted_semihard_positions(distances, negative_mask)
+    return order, sorted_distances, ops.take_along_axis(sorted_distances, chosen_position, axis=1)
+
+
+def _sorted_semihard_positions(distances, negative_mask):
+    """`sorted_semihard_negatives`, with the positions of the semi-hard negatives in the sorted rows instead."""
     batch_size = ops.shape(distances)[0]
     positions = ops.broadcast_to(ops.expand_dims(ops.arange(batch_size, dtype="int32"), 0), ops.shape(distances))
 
@@ -106,7 +114,135 @@ def sorted_semihard_negatives(distances, negative_mask):
     # No farther negative: the farthest one; no negative at all: position 0, the row's smallest entry.
     farthest_negative = ops.max(ops.where(sorted_is_negative, positions, 0), axis=1, keepdims=True)
     chosen_position = ops.where(semihard_position < batch_size, semihard_position, farthest_negative)
-    return order, sorted_distances, ops.take_along_axis(sorted_distances, chosen_position, axis=1)
+    return order, sorted_distances, chosen_position
+
+
+# Up to this many positives per anchor, the semi-hard loss finds the negatives of every anchor's k-th positive in one
+# pass over the B×B matrix per k, in a table of this many slots per anchor; beyond, it sorts every row once
+# (`sorted_semihard_negatives`, B² log B). At B = 2048 on a 2-core CPU a pass costs under a hundredth of the sort; the
+# bound keeps the table, which every batch gathers through, small.
+_MAX_POSITIVE_PASSES = 32
+# float32 +inf as a uint32 bit pattern. The patterns of the finite floats ≥ +0 lie below it, in the order of the values.
+_INFINITY_BITS = 0x7F800000
+
+
+def _float32_bits(x, dtype="uint32"):
+    """The bit patterns of float32 `x` as `dtype` (uint32 or int32), same shape."""
+    # Through a static last axis of 1: Keras's TensorFlow `view` refuses a tensor whose last axis has no static size.
+    return ops.squeeze(ops.view(ops.expand_dims(x, -1), dtype), -1)
+
+
+def _entries(matrix, rows, columns):
+    """matrix[rows, columns] for int32 index tensors that broadcast together, by one gather from the flat matrix.
+
+    Its gradient is a scatter into the flat matrix: no broadcast of a computed shape, which XLA cannot differentiate
+    inside ops.cond.
+    """
+    return ops.take(ops.reshape(matrix, (-1,)), rows * ops.shape(matrix)[1] + columns)
+
+
+def _label_groups(labels):
+    """The batch grouped by label, in O(B) after one sort of the B labels.
+
+    Returns (order, start, size, rank), int32 vectors of length B: `order` lists the batch sorted by label, and
+    anchor a's label group occupies order[start[a] : start[a] + size[a]], a itself at start[a] + rank[a].
+    """
+    batch_size = ops.shape(labels)[0]
+    order = ops.cast(ops.argsort(labels), "int32")
+    sorted_labels = ops.take(labels, order)
+    positions = ops.arange(batch_size, dtype="int32")
+    changes = ops.not_equal(sorted_labels[1:], sorted_labels[:-1])
+    first = ops.ones((1,), "bool")
+    starts_group = ops.concatenate([first, changes], axis=0)
+    ends_group = ops.concatenate([changes, first], axis=0)
+    group = ops.cumsum(ops.cast(starts_group, "int32")) - 1
+
+    def group_positions(flags):  # per group, the one position where `flags` holds (the others land in the spare B)
+        slot = ops.expand_dims(ops.where(flags, group, batch_size), 1)
+        return ops.take(ops.scatter(slot, ops.where(flags, positions, 0), (batch_size + 1,)), group)
+
+    sorted_start = group_positions(starts_group)
+    sorted_size = group_positions(ends_group) + 1 - sorted_start
+    position = ops.scatter(ops.expand_dims(order, 1), positions, (batch_size,))  # where each anchor sits in `order`
+    start = ops.take(sorted_start, position)
+    return order, start, ops.take(sorted_size, position), position - start
+
+
+def _semihard_by_positive_passes(distances, labels, groups, margin):
+    """`_semihard_loss_sum` by one pass over the B×B matrix per positive slot: pass k finds, for every anchor a at
+    once, the semi-hard negative of a's k-th positive p. Needs float32 distances, all finite and ≥ +0, and every
+    anchor with a negative and at most _MAX_POSITIVE_PASSES positives.
+
+    The passes read the bit patterns K of the stopped distances, with −0 at a's own label. The patterns of finite
+    floats ≥ +0 are in the order of the values and, as uint32, below −0's, so K[a, n] − (K[a, p] + 1) in uint32 wraps
+    around exactly for the negatives not farther than p, above the −0 entries: one argmin per row gives the nearest
+    farther negative, or a −0 entry where there is none. As int32, −0 is the smallest pattern: one argmax per row gives
+    a's farthest negative. The gradient reaches D through the chosen entries, gathered after the passes.
+    """
+    batch_size = ops.shape(distances)[0]
+    order, start, size, rank = groups
+    fixed = ops.stop_gradient(distances)
+    anchors = ops.arange(batch_size, dtype="int32")
+    slots = ops.expand_dims(ops.arange(_MAX_POSITIVE_PASSES, dtype="int32"), 1)  # against the anchors: S×B below
+    has_positive = slots < size - 1
+    # Slot k of anchor a: the k-th member of a's group other than a. Past a's last positive it is a itself, so that
+    # the gathers at empty slots read a's row where the others do.
+    member = ops.take(order, ops.minimum(start + slots + ops.cast(slots >= rank, "int32"), batch_size - 1))
+    positives = ops.where(has_positive, member, anchors)
+
+    different_label = ops.not_equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+    to_negatives = ops.where(different_label, fixed, -0.0)
+    keys = _float32_bits(to_negatives)
+    positive_distances = _entries(fixed, anchors, positives)
+    above_positive = _float32_bits(positive_distances) + 1
+
+    def search(slot, nearest):
+        farther_first = keys - ops.expand_dims(ops.take(above_positive, slot, axis=0), 1)
+        return ops.slice_update(nearest, (slot, 0), ops.expand_dims(ops.argmin(farther_first, axis=1), 0))
+
+    nearest = ops.fori_loop(0, ops.max(size) - 1, search, positives)
+    not_found = ops.logical_and(has_positive, _entries(to_negatives, anchors, nearest) <= positive_distances)
+    farthest = ops.cond(
+        ops.any(not_found), lambda: ops.argmax(_float32_bits(to_negatives, "int32"), axis=1), lambda: anchors
+    )
+    negatives = ops.where(has_positive, ops.where(not_found, farthest, nearest), anchors)
+    # One gather for both ends of every triplet: its gradient is then one scatter into the B×B matrix.
+    chosen = _entries(distances, anchors, ops.concatenate([positives, negatives], axis=0))
+    pair_losses = ops.maximum(margin + chosen[:_MAX_POSITIVE_PASSES] - chosen[_MAX_POSITIVE_PASSES:], 0.0)
+    return ops.sum(ops.where(has_positive, pair_losses, 0.0))
+
+
+def _semihard_by_sorting(distances, labels, margin):
+    """`_semihard_loss_sum` by sorting every row once (`sorted_semihard_negatives`)."""
+    same_label, positive_mask = _same_label_and_not_self(labels)
+    order, _, chosen_position = _sorted_semihard_positions(ops.stop_gradient(distances), ops.logical_not(same_label))
+    is_positive_pair = ops.take_along_axis(positive_mask, order, axis=1)
+    anchors = ops.expand_dims(ops.arange(ops.shape(distances)[0], dtype="int32"), 1)
+    negatives = ops.take_along_axis(order, chosen_position, axis=1)
+    pair_losses = margin + _entries(distances, anchors, order) - _entries(distances, anchors, negatives)
+    return ops.sum(ops.where(is_positive_pair, ops.maximum(pair_losses, 0.0), 0.0))
+
+
+def _semihard_loss_sum(distances, labels, groups, margin, named_metric=False):
+    """Sum over the positive pairs (a, p) of max(0, margin + D[a, p] − D[a, n]), n a's semi-hard negative for p.
+
+    By one pass per positive where no anchor has more than _MAX_POSITIVE_PASSES positives; by sorting the rows where
+    one has more, where an anchor has no negative, or where a distance is negative, −0, infinite or NaN (the passes
+    compare bit patterns). `named_metric`: the distances come from one of the named metrics, finite and ≥ +0 for
+    finite embeddings, which spares checking them.
+    """
+    if keras.backend.standardize_dtype(distances.dtype) != "float32":
+        return _semihard_by_sorting(distances, labels, margin)
+    largest_group = ops.max(groups[2])
+    passes_apply = ops.logical_and(largest_group - 1 <= _MAX_POSITIVE_PASSES, largest_group < ops.shape(labels)[0])
+    if not named_metric:
+        ordered = ops.max(_float32_bits(ops.stop_gradient(distances))) < _INFINITY_BITS
+        passes_apply = ops.logical_and(passes_apply, ordered)
+    return ops.cond(
+        passes_apply,
+        lambda: _semihard_by_positive_passes(distances, labels, groups, margin),
+        lambda: _semihard_by_sorting(distances, labels, margin),
+    )
 
 
 def _metric_config(distance_metric):
@@ -149,15 +285,11 @@ class TripletSemiHardLoss(_TripletLoss):
 
     def call(self, y_true, y_pred):
         distances = _float32_distances(y_pred, self.distance_metric)
-        same_label, positive_mask = _same_label_and_not_self(y_true)
-        order, sorted_distances, negative_distances = sorted_semihard_negatives(
-            distances, ops.logical_not(same_label)
-        )
-        pair_losses = ops.maximum(self.margin + sorted_distances - negative_distances, 0.0)
-        is_positive_pair = ops.take_along_axis(positive_mask, order, axis=1)
-        positive_pair_losses = ops.where(is_positive_pair, pair_losses, 0.0)
-        positive_pairs = ops.sum(ops.cast(positive_mask, distances.dtype))
-        return ops.sum(positive_pair_losses) / ops.maximum(positive_pairs, 1.0)
+        labels = ops.reshape(y_true, (-1,))
+        groups = _label_groups(labels)
+        positive_pairs = ops.cast(ops.sum(groups[2] - 1), distances.dtype)
+        loss_sum = _semihard_loss_sum(distances, labels, groups, self.margin, isinstance(self.distance_metric, str))
+        return loss_sum / ops.maximum(positive_pairs, 1.0)
 
 
 @keras.saving.register_keras_serializable(package="sigverify")
@@ -213,6 +345,22 @@ class ContrastiveLoss(keras.losses.Loss):
         config = super().get_config()
         config.update(margin=self.margin)
         return config
+
+
+@keras.saving.register_keras_serializable(package="sigverify")
+class PairCrossEntropyLoss(keras.losses.Loss):
+    """Softmax cross-entropy of a pair classifier: y_pred = logits (N × classes, the pair classes of
+    `sigverify.models.siamese.PAIR_CLASSES`: genuine, skilled forgery, random forgery), y_true = each pair's class
+    index (N,) or (N, 1). Mean over pairs of logsumexp(logits) − logits[class], computed in float32."""
+
+    def __init__(self, name="pair_cross_entropy_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        logits = ops.cast(y_pred, "float32")
+        classes = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        target = ops.one_hot(classes, ops.shape(logits)[-1], dtype="float32")
+        return ops.mean(ops.logsumexp(logits, axis=1) - ops.sum(target * logits, axis=1))
 
 
 @keras.saving.register_keras_serializable(package="sigverify")
@@ -431,6 +579,36 @@ class SphereFaceLoss(MarginSoftmaxLoss):
         return sign * chebyshev - 2.0 * k
 
 
+@keras.saving.register_keras_serializable(package="sigverify")
+class SoftmaxLoss(MarginSoftmaxLoss):
+    """Plain softmax cross-entropy of a writer classifier on top of the embedding model: logits = f·W + b on the
+    embedding f as it comes (no normalization, no scale, no margin); the classifier (W, b) is owned by the loss as in
+    the margin-softmax losses, so the exported model ends at the penultimate layer, which is compared by cosine
+    (the "classify identities, compare features" baseline of the reference material). Rows whose label is not a class
+    are left out of the mean (e.g. forgeries when `class_labels` are only the genuine writers)."""
+
+    def __init__(self, embedding_dim, n_classes=None, class_labels=None, name="softmax_loss", **kwargs):
+        super().__init__(embedding_dim, n_classes, class_labels, scale=1.0, margin=0.0, name=name, **kwargs)
+        self.class_biases = keras.Variable(keras.initializers.Zeros(), shape=(len(self.class_labels),),
+                                           dtype="float32", name="class_biases")
+
+    @property
+    def trainable_variables(self) -> list:
+        return [self.class_weights, self.class_biases]
+
+    def call(self, y_true, y_pred):
+        logits = ops.matmul(ops.cast(y_pred, "float32"), ops.convert_to_tensor(self.class_weights)) + self.class_biases
+        labels = ops.cast(ops.reshape(y_true, (-1, 1)), "float32")
+        is_target = ops.equal(labels, ops.convert_to_tensor([[float(c) for c in self.class_labels]], "float32"))
+        cross_entropy = ops.logsumexp(logits, axis=1) - ops.sum(ops.where(is_target, logits, 0.0), axis=1)
+        return _mean_where(cross_entropy, ops.any(is_target, axis=1))
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("scale"), config.pop("margin")
+        return config
+
+
 def _float32_unit_rows(x):
     return l2_normalize_rows(ops.cast(x, "float32"))
 
@@ -519,16 +697,22 @@ LOSSES = {
     "cosface": CosFaceLoss,
     "arcface": ArcFaceLoss,
     "sphereface": SphereFaceLoss,
+    "softmax": SoftmaxLoss,
+    "softmax-genuine": SoftmaxLoss,
+    "pair-ce": PairCrossEntropyLoss,
     "ntxent": NTXentLoss,
     "moco": MoCoLoss,
 }
 # Losses of self-supervised pretraining (make exp-pretrain): no labels, two views of each image.
 SELF_SUPERVISED_LOSSES = ("ntxent", "moco")
+# Losses on verification pairs (a Siamese model), not on labelled batches.
+PAIR_LOSSES = ("contrastive", "pair-ce")
 
 
 def get_loss(name, **params) -> keras.losses.Loss:
     """The loss called `name` (one of LOSSES: "semihard", "hard", "contrastive", "quadruplet", "cosface", "arcface",
-    "sphereface", and the self-supervised "ntxent" and "moco"), built with `params`."""
+    "sphereface", "softmax", "softmax-genuine", "pair-ce", and the self-supervised "ntxent" and "moco"), built with
+    `params`."""
     if name not in LOSSES:
         raise ConfigError(f"loss {name!r} is not known; expected one of {', '.join(LOSSES)}")
     loss_class = LOSSES[name]
@@ -540,28 +724,33 @@ def get_loss(name, **params) -> keras.losses.Loss:
 
 
 def labelled_losses() -> list[str]:
-    """The losses that train on labelled batches (triplet-style and margin-softmax), what `--loss` may name."""
-    return [name for name in LOSSES if name != "contrastive" and name not in SELF_SUPERVISED_LOSSES]
+    """The losses that train on labelled batches (triplet-style and softmax), what `--loss` may name."""
+    return [name for name in LOSSES if name not in PAIR_LOSSES and name not in SELF_SUPERVISED_LOSSES]
 
 
-def loss_from_settings(settings, class_labels=(0, 1), embedding_dim: int = 256) -> keras.losses.Loss:
+def loss_from_settings(settings, class_labels=(0, 1), embedding_dim: int = 256, genuine_labels=None) -> keras.losses.Loss:
     """The loss `settings.loss` names (a `sigverify.settings.LossSettings`), with its settings: margin and distance
     (triplet and quadruplet losses), margin2 (quadruplet), scale and softmax margin (margin-softmax
-    losses, whose classes are `class_labels`, the training labels, and whose weights have `embedding_dim` rows). Called
-    with the default placeholder classes it checks the settings before any work. The contrastive loss trains on pairs:
-    not here."""
+    losses, whose classes are `class_labels`, the training labels, and whose weights have `embedding_dim` rows);
+    "softmax-genuine" classifies only `genuine_labels` (the labels of genuine signatures). Called with the default
+    placeholder classes it checks the settings before any work. Pair losses train on pairs: not here."""
     name = settings.loss
     if name not in LOSSES:
         raise ConfigError(f"--loss {name}: not known; expected one of {', '.join(labelled_losses())}")
     if name in SELF_SUPERVISED_LOSSES:
         raise ConfigError(f"--loss {name}: a self-supervised pretraining loss on two views of unlabelled images "
                           f"(make exp-pretrain); expected a loss on labelled batches: {', '.join(labelled_losses())}")
-    if name == "contrastive":  # trains on verification pairs (exp-contrastive, exp-losses), not on labelled batches
-        raise ConfigError("--loss contrastive: a pair loss, trained on verification pairs by make exp-contrastive (or "
-                          f"in make exp-losses); expected a loss on labelled batches: {', '.join(labelled_losses())}")
+    if name in PAIR_LOSSES:  # trains on verification pairs (exp-contrastive, exp-losses), not on labelled batches
+        raise ConfigError(f"--loss {name}: a pair loss, trained on verification pairs by make exp-losses (contrastive "
+                          f"also by make exp-contrastive); expected a loss on labelled batches: "
+                          f"{', '.join(labelled_losses())}")
     if issubclass(LOSSES[name], MarginSoftmaxLoss):
+        if name == "softmax-genuine":
+            class_labels = (0, 1) if genuine_labels is None else genuine_labels
         params = {"embedding_dim": embedding_dim, "class_labels": sorted({int(c) for c in class_labels}),
                   "scale": settings.scale, "margin": settings.softmax_margin}
+        if issubclass(LOSSES[name], SoftmaxLoss):
+            params.update(scale=None, margin=None)  # a plain classifier has neither
         return get_loss(name, **{key: value for key, value in params.items() if value is not None})
     params = {"margin": settings.margin, "distance_metric": settings.distance}
     if name == "quadruplet":

@@ -37,6 +37,10 @@ class DataSettings:
     cache_dir: str | None = None
     folds: int = 1  # k > 1: k writer-disjoint folds, each in turn the test writers (CEDAR, k = 5: fold 0 is the post's)
     fold: int | None = None  # with folds > 1: run this fold only (None: every fold, one sub-run each)
+    # k >= 2: the test writers become validation fold `validation_fold` of k writer-disjoint folds of the split's
+    # training writers, the others train; the split's own test writers are not loaded (tuning, make exp-tune). 0: off
+    validation_folds: int = 0
+    validation_fold: int | None = None  # with validation_folds >= 2 (None: fold 0; exp-tune runs every one)
 
 
 @dataclass
@@ -89,7 +93,8 @@ class TrainSettings:
     epochs: int = 25
     seed: int = 0
     seeds: int = 1  # repeat each run with seeds seed, seed + 1, …, seed + seeds - 1 (one sub-run each)
-    augment: bool = False  # augment the training images (sigverify.data.augment) at FINE_TUNING_STRENGTH
+    augment: bool = False  # augment the training images (sigverify.data.augment) at `augment_level`
+    augment_level: float | None = None  # the augmentations' strength, 0 to 1 (None: FINE_TUNING_STRENGTH, 0.5)
 
 
 @dataclass
@@ -129,6 +134,14 @@ class PretrainSettings:
 
 
 @dataclass
+class TuneSettings:
+    """The hyperparameter search of make exp-tune (experiments/tune.py: its search space per profile)."""
+
+    trials: int = 20  # trials to finish (complete or pruned); a resumed study runs until this many have
+    compare_default: bool = True  # also train the profile's own settings on the test writers, beside the best ones
+
+
+@dataclass
 class ExperimentConfig:
     experiment: str
     profile: str = "quick"
@@ -145,6 +158,7 @@ class ExperimentConfig:
     devices: DeviceSettings = field(default_factory=DeviceSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,7 +166,7 @@ class ExperimentConfig:
 
 SECTIONS = {"data": DataSettings, "image": ImageSettings, "model": ModelSettings, "loss": LossSettings,
             "batches": BatchSettings, "optimizer": OptimizerSettings, "train": TrainSettings, "devices": DeviceSettings,
-            "report": ReportSettings, "pretrain": PretrainSettings}
+            "report": ReportSettings, "pretrain": PretrainSettings, "tune": TuneSettings}
 # Which section holds each setting: reads the config.yaml of runs made before the settings had their own sections
 # (every training setting then sat under `train`).
 SECTION_OF_SETTING = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
@@ -212,9 +226,10 @@ def _apply(section_obj, values: dict, where: str) -> None:
 # Settings that only some experiments use: set for another one they would be silently ignored, so they are refused.
 PRETRAINING_EXPERIMENTS = ("pretrain", "pretrain-compare", "pretrain-backbone")
 EXPERIMENTS_OF_SETTING = {
-    "unfreeze_from": ("contrastive", "triplet", "losses", "pretrain-compare"),
+    "unfreeze_from": ("contrastive", "triplet", "losses", "pretrain-compare", "tune"),
     "zoo": ("models",),
-    "losses": ("losses",),
+    "losses": ("losses", "tune"),
+    **{f.name: ("tune",) for f in dataclasses.fields(TuneSettings)},
     **{f.name: PRETRAINING_EXPERIMENTS for f in dataclasses.fields(PretrainSettings)},
     "starts": ("pretrain-compare",),
 }
@@ -228,6 +243,10 @@ FIXED_BY_EXPERIMENT = {
                   "schedule", "decay_steps", "decay_rate", "augment"),
                  "pretraining has its own: --method, --pretrain-epochs, --pretrain-batch-size, --pretrain-learning-rate"),
 }
+FIXED_BY_EXPERIMENT["tune"] = (("loss", "margin", "learning_rate", "cut_layer", "image_size", "augment", "augment_level",
+                                "validation_fold", "seeds"),
+                               ("each trial samples them from the profile's search space (experiments/tune.py) and "
+                                "scores every validation fold of one seed; --losses names the candidate losses"))
 FIXED_BY_EXPERIMENT["pretrain-backbone"] = (FIXED_BY_EXPERIMENT["pretrain"][0] + ("method", "unlabelled", "starts"),
                                             ("supervised pretraining on synthetic writers (--method synthetic) with "
                                              "its own --pretrain-* length, batch and learning rate"))
@@ -244,6 +263,19 @@ def _check_used_by(experiment: str, overrides: dict) -> None:
             fixed, instead = FIXED_BY_EXPERIMENT.get(experiment, ((), ""))
             if name in fixed:
                 raise ConfigError(f"{flag}: the {experiment} experiment sets it itself ({instead}); leave it out")
+
+
+def settings_accepted_by(config: ExperimentConfig, experiment: str, leave_out=("devices",)) -> dict:
+    """The settings of `config` by section, as `--config` of `experiment` takes them: without another experiment's
+    settings, the ones `experiment` fixes itself, and the `leave_out` sections (the machine's, by default)."""
+    fixed = FIXED_BY_EXPERIMENT.get(experiment, ((), ""))[0]
+    accepted = {}
+    for section in SECTIONS:
+        values = {name: value for name, value in dataclasses.asdict(getattr(config, section)).items()
+                  if experiment in EXPERIMENTS_OF_SETTING.get(name, (experiment,)) and name not in fixed}
+        if values and section not in leave_out:
+            accepted[section] = values
+    return accepted
 
 
 def build_config(experiment: str, profile: str, profiles: dict, overrides: dict | None = None, **top) -> ExperimentConfig:
@@ -286,6 +318,17 @@ def validate(config: ExperimentConfig) -> None:
         (config.data.folds >= 1, f"--folds {config.data.folds}: expected at least 1 (1: the single default split)"),
         (config.data.fold is None or 0 <= config.data.fold < config.data.folds,
          f"--fold {config.data.fold}: expected a fold from 0 to {config.data.folds - 1} (--folds {config.data.folds})"),
+        (config.data.validation_folds == 0 or config.data.validation_folds >= 2,
+         f"--validation-folds {config.data.validation_folds}: expected 0 (off) or at least 2"),
+        (config.data.validation_fold is None
+         or config.data.validation_folds >= 2 and 0 <= config.data.validation_fold < config.data.validation_folds,
+         (f"--validation-fold {config.data.validation_fold}: expected a fold from 0 to "
+          f"{config.data.validation_folds - 1} (--validation-folds {config.data.validation_folds})"
+          if config.data.validation_folds >= 2 else
+          f"--validation-fold {config.data.validation_fold}: expected --validation-folds k >= 2 with it")),
+        (train.augment_level is None or 0 <= train.augment_level <= 1,
+         f"--augment-level {train.augment_level}: expected 0 to 1"),
+        (config.tune.trials >= 1, f"--trials {config.tune.trials}: expected at least 1"),
         (loss.margin2 > 0, f"--margin2 {loss.margin2}: expected a margin > 0"),
         (loss.scale is None or loss.scale > 0, f"--scale {loss.scale}: expected s > 0"),
         (config.model.embedding_dim >= 1, f"--embedding-dim {config.model.embedding_dim}: expected at least 1"),

@@ -15,8 +15,9 @@ from sigverify.data.samplers import shuffled_batches, training_batches
 from sigverify.distances import scoring_distance
 from sigverify.errors import ConfigError
 from sigverify.evaluation.model import evaluate_model, reference_points
-from sigverify.losses import MarginSoftmaxLoss, count_positive_pairs, describe_loss
+from sigverify.losses import MarginSoftmaxLoss, count_positive_pairs, describe_loss, loss_from_settings
 from sigverify.models.weights import pretraining_info
+from sigverify.models.zoo import embedding_model_from_settings
 from sigverify.reporting.run_files import training_facts, write_run_files
 from sigverify.runs import RunFolder
 from sigverify.settings import ExperimentConfig
@@ -62,9 +63,11 @@ def check_start_saw_no_test_writer(config: ExperimentConfig, data: ExperimentDat
 
 
 def labelled_feed(split: SplitData, config: ExperimentConfig) -> LabelledBatches:
-    """The training writers' images in the batches of `config.batches`, augmented with `--augment`."""
-    seed = config.train.seed
-    augment = (lambda epoch: batch_augmenter(seed, epoch, FINE_TUNING_STRENGTH)) if config.train.augment else None
+    """The training writers' images in the batches of `config.batches`, augmented with `--augment` (at
+    `--augment-level`)."""
+    seed, level = config.train.seed, config.train.augment_level
+    strength = FINE_TUNING_STRENGTH if level is None else level
+    augment = (lambda epoch: batch_augmenter(seed, epoch, strength)) if config.train.augment else None
     return LabelledBatches(split.images, split.labels, training_batches(split.labels, config.batches, seed), augment)
 
 
@@ -75,18 +78,24 @@ def validation_feed(split: SplitData, config: ExperimentConfig) -> LabelledBatch
 
 
 def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepared,
-                     build_model: Callable[[], tuple[keras.Model, str, str]],
-                     build_loss: Callable[[object], keras.losses.Loss], loss_description: str | None = None) -> dict:
+                     build_model: Callable[[], tuple[keras.Model, str, str]] | None = None,
+                     build_loss: Callable[[SplitData], keras.losses.Loss] | None = None,
+                     loss_description: str | None = None) -> dict:
     """Online-mining training of an embedding model on labelled images, then its evaluation and run files.
 
-    `build_model()` → (model, weights description, model description) and `build_loss(training labels)` → loss are
-    called inside the engine's scope (a loss may own variables). The loss description defaults to the loss's class and
-    settings."""
+    `build_model()` → (model, weights description, model description) and `build_loss(training split)` → loss are
+    called inside the engine's scope (a loss may own variables); by default the model and the loss of the settings.
+    The loss description defaults to the loss's class and settings."""
+    if build_model is None:
+        build_model = lambda: embedding_model_from_settings(config.model, config.image.image_size)
+    if build_loss is None:
+        build_loss = lambda train: loss_from_settings(
+            config.loss, train.labels, config.model.embedding_dim, genuine_labels=train.labels[train.index["genuine"].to_numpy()])
     engine, data = prepared.engine, prepared.data
     train_feed = labelled_feed(data.train, config)
     with engine.scope():
         model, weights_description, model_description = build_model()
-        loss = build_loss(data.train.labels)
+        loss = build_loss(data.train)
         optimizer = make_optimizer(config.optimizer, config.train.epochs, train_feed.steps())
     references = reference_points(model, data)
     classifies = isinstance(loss, MarginSoftmaxLoss)  # every batch teaches it: no positive pair is needed

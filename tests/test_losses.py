@@ -10,6 +10,7 @@ from keras import ops
 from sigverify.distances import pairwise_distances
 from sigverify.errors import ConfigError
 from sigverify.losses import (
+    _MAX_POSITIVE_PASSES,
     ContrastiveLoss,
     TripletHardLoss,
     TripletSemiHardLoss,
@@ -188,6 +189,69 @@ def test_semihard_runs_a_large_batch_quickly():
     value, gradient = value_and_gradient(lambda x: TripletSemiHardLoss()(labels, x), embeddings)
     assert time.perf_counter() - start < 60.0
     assert np.isfinite(value) and gradient.shape == (2048, 32) and np.all(np.isfinite(gradient))
+
+
+# The loss searches the negatives of each anchor's positives one pass per positive, up to _MAX_POSITIVE_PASSES of them,
+# and sorts the rows beyond. Each case is the number of positives of the largest label group of a batch: few, the most
+# the passes take, one more, many more; the other groups are smaller, the rest singletons (anchors without a positive).
+LARGEST_GROUP_POSITIVES = [1, 3, _MAX_POSITIVE_PASSES, _MAX_POSITIVE_PASSES + 1, 50]
+
+
+def grouped_labels(largest_group_positives, batch_size, seed):
+    largest = largest_group_positives + 1
+    sizes = [largest, max(2, largest // 2), 3, 2, 2]
+    sizes += [1] * (batch_size - sum(sizes))
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(len(sizes)), sizes))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "squared-euclidean"])
+@pytest.mark.parametrize("positives", LARGEST_GROUP_POSITIVES)
+def test_semihard_on_uneven_groups_with_exact_ties_matches_loop_oracle(positives, metric):
+    """96 embeddings on a small integer grid (many equal distances), anchors with 0 to `positives` positives."""
+    labels = grouped_labels(positives, 96, seed=positives)
+    embeddings = np.random.default_rng(1).integers(0, 4, size=(96, 3)).astype("float32")
+    distances = our_distances(embeddings, metric)
+    value = to_float(TripletSemiHardLoss(distance_metric=metric)(labels, embeddings))
+    assert value == pytest.approx(semihard_loss_oracle(distances, labels, 1.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("positives", LARGEST_GROUP_POSITIVES)
+def test_semihard_on_uneven_groups_matches_tiled_tfa_value_and_gradient(positives):
+    labels = grouped_labels(positives, 96, seed=positives)
+    embeddings = np.random.default_rng(1).normal(size=(96, 6)).astype("float32")
+    ours, our_gradient = value_and_gradient(lambda x: TripletSemiHardLoss(margin=0.5)(labels, x), embeddings)
+    tiled, tiled_gradient = value_and_gradient(lambda x: naive_tiled_semihard_loss(labels, x, margin=0.5), embeddings)
+    assert ours == pytest.approx(tiled, rel=1e-6)
+    assert ours == pytest.approx(semihard_loss_oracle(our_distances(embeddings, "euclidean"), labels, 0.5), rel=1e-5)
+    assert np.any(our_gradient != 0.0)
+    np.testing.assert_allclose(our_gradient, tiled_gradient, rtol=1e-5, atol=1e-6)
+
+
+def shifted_distances(embeddings):
+    """Euclidean distances less 3: a metric with negative values, whose float32 bit patterns do not sort as they do."""
+    return pairwise_distances(embeddings, "euclidean") - 3.0
+
+
+@pytest.mark.parametrize("metric", [shifted_distances, manhattan_distances], ids=lambda metric: metric.__name__)
+def test_semihard_with_a_callable_metric_matches_tiled_tfa_value_and_gradient(metric):
+    labels = grouped_labels(3, 48, seed=3)
+    embeddings = np.random.default_rng(4).normal(size=(48, 4)).astype("float32")
+    loss = TripletSemiHardLoss(margin=0.5, distance_metric=metric)
+    ours, our_gradient = value_and_gradient(lambda x: loss(labels, x), embeddings)
+    tiled, tiled_gradient = value_and_gradient(
+        lambda x: naive_tiled_semihard_loss(labels, x, margin=0.5, distance_metric=metric), embeddings
+    )
+    assert ours == pytest.approx(tiled, rel=1e-6)
+    assert ours == pytest.approx(semihard_loss_oracle(our_distances(embeddings, metric), labels, 0.5), rel=1e-5)
+    np.testing.assert_allclose(our_gradient, tiled_gradient, rtol=1e-5, atol=1e-6)
+
+
+def test_semihard_on_float64_embeddings_matches_loop_oracle():
+    """Distances in float64 too, which the passes (comparing float32 bit patterns) leave to the sorted rows."""
+    labels, embeddings = random_batch(24, 5, 4, seed=7, dtype="float64")
+    value = ops.convert_to_numpy(TripletSemiHardLoss(dtype="float64")(labels, embeddings))
+    expected = semihard_loss_oracle(pairwise_distances_oracle(embeddings, "euclidean"), labels, 1.0)
+    assert value == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("soft", [False, True])

@@ -18,7 +18,8 @@ from sigverify.models.embedding import (
     build_pretrained_baseline,
 )
 from sigverify.models.weights import resolve_weights
-from sigverify.models.zoo import MODEL_ZOO, build_zoo_model, validate_zoo_model
+from sigverify.models.zoo import MODEL_ZOO, build_zoo_model, model_weights, reported_figure, validate_zoo_model
+from sigverify.settings import ModelSettings
 
 
 def embed(model, images):
@@ -151,7 +152,7 @@ def test_contrastive_model_shares_its_head_with_the_feature_model():
         build_contrastive_embedding_model("resnet50", 32, head=head)
 
 
-@pytest.mark.parametrize("name, size", [("smaller_resnet50", 64), ("base_unet", 36)])
+@pytest.mark.parametrize("name, size", [("smaller_resnet50", 64), ("base_unet", 36), ("multiscale_resnet50", 49)])
 def test_saved_model_loads_in_safe_mode_with_the_same_output(tmp_path, name, size):
     model = build_zoo_model(name, size)
     images = signatures(3, 2, size)
@@ -210,6 +211,47 @@ def test_zoo_lists_the_posts_results():
     for name, entry in MODEL_ZOO.items():
         assert entry.reported_max_accuracy is None or 0.5 < entry.reported_max_accuracy < 1, name
         validate_zoo_model(name, 224)
+
+
+def test_multiscale_model_concatenates_both_layers_before_the_shared_head():
+    """multiscale_resnet50 at 49 px (the smallest image conv4 gives 4×4 features at): conv3_block4_add's 7×7×512
+    features max-pooled to the 4×4 grid and concatenated with conv4_block6_add's 1024 channels, then the shared head
+    and L2 normalization; the post did not build it, so no figure of its own and none borrowed from its cut."""
+    entry = MODEL_ZOO["multiscale_resnet50"]
+    assert entry.kind == "cut" and entry.reported_max_accuracy is None
+    assert reported_figure(ModelSettings(zoo="multiscale_resnet50"), "models") is None  # not small_resnet50's 0.818
+    keras.utils.set_random_seed(8)
+    model = build_zoo_model("multiscale_resnet50", 49)
+    conv3, conv4, merged = (model.get_layer(name).output
+                            for name in ("conv3_block4_add", "conv4_block6_add", "multiscale_features"))
+    assert (conv3.shape[1:], conv4.shape[1:], merged.shape[1:]) == ((7, 7, 512), (4, 4, 1024), (4, 4, 512 + 1024))
+    assert model.get_layer("head_conv1").kernel.shape == (3, 3, 512 + 1024, 64)
+
+    outputs = keras.Model(model.input, [conv3, conv4, merged, model.output])(signatures(8, 2, 49), training=False)
+    conv3_values, conv4_values, merged_values, embeddings = (keras.ops.convert_to_numpy(x) for x in outputs)
+    # 2×2 max-pool with "same" padding: 7 → 4, the last row and column pooled alone
+    padded = np.pad(conv3_values, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=-np.inf)
+    np.testing.assert_allclose(merged_values[..., :512], padded.reshape(2, 4, 2, 4, 2, 512).max(axis=(2, 4)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(merged_values[..., 512:], conv4_values, rtol=1e-6)
+    assert embeddings.shape == (2, 256)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ConfigError, match="multi-scale layer conv4_block6_add: not before the cut layer"):
+        build_embedding_model("resnet50", "conv3_block4_add", 32, multiscale_layers=("conv4_block6_add",))
+
+
+def test_multiscale_model_takes_the_shipped_signature_weights_at_both_scales():
+    import h5py
+
+    from sigverify.models.signature_weights import shipped_weights
+
+    assert model_weights("multiscale_resnet50", "signatures")[0] == "signatures"
+    model = build_zoo_model("multiscale_resnet50", 49, weights="signatures")
+    with h5py.File(shipped_weights("resnet50").path, "r") as file:
+        for name in ("conv1_conv", "conv3_block4_3_conv", "conv4_block6_3_bn"):
+            stored = [file[name][str(index)][()] for index in range(len(file[name]))]
+            for loaded, value in zip(model.get_layer(name).get_weights(), stored, strict=True):
+                np.testing.assert_array_equal(loaded, value.astype(np.float32))
 
 
 def test_gradcam_gives_one_unit_range_map_per_layer_and_image():

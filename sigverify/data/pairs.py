@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 PAIR_COLUMNS = ["a", "b", "same", "kind", "writer"]
+PAIR_KINDS = ("genuine", "skilled", "random")  # a pair classifier's classes, in this order
 
 
 def verification_pairs(index: pd.DataFrame, seed: int = 42) -> pd.DataFrame:
@@ -49,3 +50,8 @@ def hard_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
 def easy_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
     """Genuine pairs against random forgeries (another writer's genuine signature)."""
     return pairs[pairs["kind"].isin(["genuine", "random"])].reset_index(drop=True)
+
+
+def with_kind_classes(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The pairs with a column `kind_class`: the position of each pair's kind in PAIR_KINDS (a pair classifier's target)."""
+    return pairs.assign(kind_class=pairs["kind"].map({kind: i for i, kind in enumerate(PAIR_KINDS)}).astype(int))

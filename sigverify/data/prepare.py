@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class ExperimentData:
     test_writers: list[int]
     skipped: list = field(default_factory=list)
     dataset_writers: list[int] = field(default_factory=list)  # every writer of the dataset folder
+    validation_fold: str | None = None  # with --validation-folds: what the test side is instead of the test writers
 
 
 def resolve_data_dir(data: str | None) -> Path:
@@ -80,11 +82,32 @@ def _first_samples(index: pd.DataFrame, max_samples: int | None) -> pd.DataFrame
 
 def held_out_writers(writers, config: ExperimentConfig) -> tuple[list[int], list[int]]:
     """(train writers, test writers): the default split, or with `--folds k` the fold `--fold` (0 if unset) of k
-    writer-disjoint folds (on CEDAR with k = 5, fold 0 is the post's split)."""
+    writer-disjoint folds (on CEDAR with k = 5, fold 0 is the post's split). With `--validation-folds k` the training
+    writers of that split are cut into k writer-disjoint folds and the pair is (the other folds, validation fold
+    `--validation-fold`, 0 if unset): the split's own test writers are in neither, so tuning never sees them."""
     if config.data.folds > 1:
         test_writers = writer_folds(writers, config.data.folds)[config.data.fold or 0]
-        return [int(w) for w in sorted(set(writers)) if w not in test_writers], test_writers
-    return split_writers(writers, seed=config.train.seed)
+        train_writers = [int(w) for w in sorted(set(writers)) if w not in test_writers]
+    else:
+        train_writers, test_writers = split_writers(writers, seed=config.train.seed)
+    folds = config.data.validation_folds
+    if folds < 2:
+        return train_writers, test_writers
+    if folds > len(train_writers):
+        raise ConfigError(f"--validation-folds {folds}: the split has {len(train_writers)} training writers; expected "
+                          "at most that many validation folds")
+    validation_writers = writer_folds(train_writers, folds)[config.data.validation_fold or 0]
+    return [w for w in train_writers if w not in validation_writers], validation_writers
+
+
+def describe_validation_fold(config: ExperimentConfig) -> str | None:
+    """What the test side of `--validation-folds` settings is (None without them), as metrics.json and the report say."""
+    data = config.data
+    if data.validation_folds < 2:
+        return None
+    split = f"fold {data.fold or 0} of --folds {data.folds}" if data.folds > 1 else "the default split"
+    return (f"validation fold {data.validation_fold or 0} of {data.validation_folds} of the training writers of "
+            f"{split}; its test writers are not loaded")
 
 
 MIN_WRITERS_PER_SPLIT = 2  # a genuine–random pair takes another writer's signature
@@ -92,33 +115,45 @@ MIN_WRITERS_PER_SPLIT = 2  # a genuine–random pair takes another writer's sign
 
 def check_split_sizes(writers, config: ExperimentConfig) -> None:
     """Refuse, before any training, a split that leaves fewer than two writers on a side (every fold's, with
-    `--folds`): its random-forgery pairs, and so half the report, could not exist."""
-    folds = range(config.data.folds) if config.data.folds > 1 else [None]
-    for fold in folds:
+    `--folds`, and every validation fold's, with `--validation-folds`): its random-forgery pairs, and so half the
+    report, could not exist."""
+    data = config.data
+    folds = range(data.folds) if data.folds > 1 else [None]
+    validation_folds = range(data.validation_folds) if data.validation_folds > 1 else [None]
+    for fold, validation_fold in itertools.product(folds, validation_folds):
         trial = copy.deepcopy(config)
-        trial.data.fold = fold
+        trial.data.fold, trial.data.validation_fold = fold, validation_fold
         train_writers, test_writers = held_out_writers(writers, trial)
-        if config.data.max_writers:
-            train_writers, test_writers = train_writers[: config.data.max_writers], test_writers[: config.data.max_writers]
-        for side, chosen in (("training", train_writers), ("test", test_writers)):
+        if data.max_writers:
+            train_writers, test_writers = train_writers[: data.max_writers], test_writers[: data.max_writers]
+        held_out = "test" if validation_fold is None else "validation"
+        for side, chosen in (("training", train_writers), (held_out, test_writers)):
             if len(chosen) < MIN_WRITERS_PER_SPLIT:
-                where = f"fold {fold} of --folds {config.data.folds}" if fold is not None else "the split"
-                raise ConfigError(f"--data {config.data.data or 'synthetic'}: {where} has {len(chosen)} {side} "
+                where = " and ".join(part for part in (
+                    f"fold {fold} of --folds {data.folds}" if fold is not None else "",
+                    f"validation fold {validation_fold} of --validation-folds {data.validation_folds}"
+                    if validation_fold is not None else "")
+                    if part) or "the split"
+                fewer = "fewer --folds" + (" or --validation-folds" if validation_fold is not None else "")
+                raise ConfigError(f"--data {data.data or 'synthetic'}: {where} has {len(chosen)} {side} "
                                   f"writer(s) of {len(set(writers))}; expected at least {MIN_WRITERS_PER_SPLIT} (random-"
-                                  "forgery pairs take another writer's signature): use more writers, fewer --folds, or "
+                                  f"forgery pairs take another writer's signature): use more writers, {fewer}, or "
                                   "a larger --max-writers")
 
 
 def test_writers_of_every_run(data: ExperimentData, config: ExperimentConfig) -> set[int]:
-    """The writers that any run of these settings tests on: every fold's (`--folds`), under every seed (`--seeds`; the
-    seed moves a non-CEDAR default split)."""
+    """The writers that any run of these settings tests on: every fold's (`--folds`), every validation fold's
+    (`--validation-folds`: training writers of the split), under every seed (`--seeds`; the seed moves a non-CEDAR
+    default split)."""
     tested = set()
-    folds = [config.data.fold] if config.data.fold is not None else (range(config.data.folds) if config.data.folds > 1
-                                                                      else [None])
-    for fold in folds:
+    split = config.data
+    folds = [split.fold] if split.fold is not None else (range(split.folds) if split.folds > 1 else [None])
+    validation_folds = [split.validation_fold] if split.validation_fold is not None else (
+        range(split.validation_folds) if split.validation_folds > 1 else [None])
+    for fold, validation_fold in itertools.product(folds, validation_folds):
         for seed in range(config.train.seed, config.train.seed + config.train.seeds):
             trial = copy.deepcopy(config)
-            trial.data.fold, trial.train.seed = fold, seed
+            trial.data.fold, trial.data.validation_fold, trial.train.seed = fold, validation_fold, seed
             test_writers = held_out_writers(data.dataset_writers, trial)[1]
             tested.update(test_writers[: config.data.max_writers] if config.data.max_writers else test_writers)
     return tested
@@ -131,7 +166,8 @@ def preprocessing_of(image: ImageSettings) -> PreprocessConfig:
 
 def prepare_data(config: ExperimentConfig) -> ExperimentData:
     """The dataset of `--data` (or the embedded synthetic set) read, split into training and test writers (`--folds`,
-    `--fold`), trimmed (`--max-writers`, `--max-samples`), preprocessed (through the disk cache) and paired."""
+    `--fold`; or training and validation writers, `--validation-folds`), trimmed (`--max-writers`, `--max-samples`),
+    preprocessed (through the disk cache) and paired."""
     preprocess = preprocessing_of(config.image)
     data_dir = resolve_data_dir(config.data.data)
     index = read_index(data_dir, layout=config.data.layout, skip_bad=config.data.skip_bad_images)
@@ -154,4 +190,5 @@ def prepare_data(config: ExperimentConfig) -> ExperimentData:
     dataset = "synthetic (embedded default)" if config.data.data is None else str(Path(config.data.data).resolve())
     return ExperimentData(dataset=dataset, layout=index.attrs.get("layout", "unknown"), train=splits["train"],
                           test=splits["test"], train_writers=train_writers, test_writers=test_writers, skipped=skipped,
-                          dataset_writers=sorted(int(w) for w in all_writers))
+                          dataset_writers=sorted(int(w) for w in all_writers),
+                          validation_fold=describe_validation_fold(config))

@@ -187,7 +187,9 @@ def evaluate_embeddings(
 
 def all_pair_distances(embeddings, metric: str = "cosine") -> np.ndarray:
     """N×N float64 distances between all rows, the same numbers as `paired_distances_numpy` row by row (cosine: a
-    zero row has similarity 0), computed from the Gram matrix in NumPy."""
+    zero row has similarity 0), computed from the Gram matrix in NumPy; a learned pair score gives its own."""
+    if not isinstance(metric, str):
+        return metric.all_pairs(embeddings)
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if metric == "cosine":
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from sigverify.data.prepare import ExperimentData, SplitData
+from sigverify.distances import metric_name
 from sigverify.evaluation.baselines import raw_pixel_embeddings
 from sigverify.evaluation.metrics import (
     BOOTSTRAP_RESAMPLES,
@@ -59,7 +60,7 @@ def score_test_split(test_embeddings: np.ndarray, test: SplitData, distance: str
                                            n_resamples=BOOTSTRAP_RESAMPLES)
                  for name, s in scores.items()}
     metrics.update({
-        "distance": distance,
+        "distance": metric_name(distance),
         "reference_k": reference_verification(test_embeddings, writers, genuine, REFERENCE_COUNTS, distance),
         "identification": identification_metrics(test_embeddings, writers, genuine, distance),
         "confidence_intervals": {"level": 0.95, "resamples": BOOTSTRAP_RESAMPLES, "over": "test writers", **intervals},

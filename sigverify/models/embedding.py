@@ -8,6 +8,11 @@ the parameter counts of the post (Small ResNet50 9,271,520 at 224×224×3); the 
 least 4×4 pixels. A cut model is one flat functional graph (the backbone's layers up to the cut, then `head_*`
 layers), so Grad-CAM and layer look-ups reach the backbone's convolutions directly.
 
+A multi-scale cut model (the post's "models designed to learn multiscale features") also takes the features of earlier
+layers: each max-pooled to the cut's grid, as the head pools, and concatenated with the cut's along the channels
+(`multiscale_features`: conv3_block4_add's 512 + conv4_block6_add's 1024 = 1,536), then the same head. It differs
+from the single-scale model at the same cut only by the extra channels into `head_conv1`.
+
 Base CNN (trained from scratch, 1,696,320 parameters at 224×224×3; the post's was 1.68M): a VGG-like stack of 3×3
 convolutions without bias, each followed by BatchNorm and ReLU, in four stages of 32, 64, 128 and 256 channels with 1,
 1, 2 and 2 convolutions, a 2×2 max-pool after each of the first three stages (features at 1/8 of the image size, 28×28
@@ -74,11 +79,13 @@ def build_embedding_model(
     normalize: bool = True,
     embedding_dim: int = 256,
     name: str | None = None,
+    multiscale_layers: tuple[str, ...] = (),
 ) -> keras.Model:
     """`backbone` cut at `cut_layer`, then the shared head: one flat functional graph from the image to the embedding.
 
     `weights` is anything resolve_weights accepts; a weights file is loaded into the whole backbone before the cut.
     `normalize=False` gives the NONORM variant (no L2 normalization). `head` names the head; "conv" is the only one.
+    `multiscale_layers`: layers before the cut whose features join the cut's before the head (the multi-scale model).
     """
     if head != "conv":
         raise ConfigError(f"head {head!r} is not known: expected 'conv' (the post's head)")
@@ -87,13 +94,35 @@ def build_embedding_model(
     if min(height, width) < KERAS_APPLICATIONS_MIN_SIZE:
         validate_model_settings(backbone, cut_layer, (height, width))
     full_backbone = build_backbone(backbone, image_size, weights)
-    check_cut_layer(backbone, cut_layer, cut_layer_names_of(full_backbone, backbone))
+    names = cut_layer_names_of(full_backbone, backbone)
+    check_cut_layer(backbone, cut_layer, names)
     features = full_backbone.get_layer(cut_layer).output
     if not fits_head(tuple(features.shape[1:])):
         raise too_small_error(backbone, cut_layer, height, width)
+    if multiscale_layers:
+        earlier = [_pooled_to_grid(full_backbone, backbone, cut_layer, layer_name, names)
+                   for layer_name in multiscale_layers]
+        features = layers.Concatenate(name="multiscale_features")([*earlier, features])
     embedding = _embedding_head(features, embedding_dim, normalize)
     model_name = name or f"{backbone}_{cut_layer}" + ("" if normalize else "_nonorm")
     return keras.Model(full_backbone.input, embedding, name=model_name)
+
+
+def _pooled_to_grid(full_backbone: keras.Model, backbone: str, cut_layer: str, layer_name: str, names: list[str]):
+    """The features of `layer_name` (a layer before `cut_layer`) max-pooled to the cut's grid. "same" padding rounds an
+    odd size up, as the backbone's strided convolutions do, so that the two grids match at every image size."""
+    check_cut_layer(backbone, layer_name, names)
+    if names.index(layer_name) >= names.index(cut_layer):
+        raise ConfigError(f"multi-scale layer {layer_name}: not before the cut layer {cut_layer}; expected an earlier "
+                          f"layer of {backbone}")
+    features = full_backbone.get_layer(layer_name).output
+    cut_grid = tuple(full_backbone.get_layer(cut_layer).output.shape[1:3])
+    pool_size = tuple(-(-size // cut_size) for size, cut_size in zip(features.shape[1:3], cut_grid))
+    pooled = layers.MaxPooling2D(pool_size, padding="same", name=f"multiscale_pool_{layer_name}")(features)
+    if tuple(pooled.shape[1:3]) != cut_grid:
+        raise ConfigError(f"multi-scale layer {layer_name}: its {features.shape[1]}×{features.shape[2]} features do not "
+                          f"pool to the {cut_grid[0]}×{cut_grid[1]} grid of {cut_layer}")
+    return pooled
 
 
 def _conv_bn_relu(x, filters: int, name: str):

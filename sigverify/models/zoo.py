@@ -32,6 +32,7 @@ class ZooModel:
     reported_max_accuracy: float | None = None  # the post's figure on skilled forgeries, as a fraction
     reported_eer: float | None = None
     weights: str | None = None  # a start of its own, whatever --weights says (the shipped signature weights)
+    multiscale_layers: tuple[str, ...] = ()  # "cut": earlier layers whose features join the cut's before the head
 
 
 MODEL_ZOO = {
@@ -47,6 +48,9 @@ MODEL_ZOO = {
     "small_vgg16": ZooModel("cut", "Small VGG16", "vgg16", "block3_conv1", reported_max_accuracy=0.721),
     "small_resnet50_nonorm": ZooModel("cut", "Small ResNet50 + skip, NONORM", "resnet50", "conv4_block6_add",
                                       normalize=False),
+    # not in the post (its suggestion of multi-scale features): no figure to compare with
+    "multiscale_resnet50": ZooModel("cut", "Multi-scale ResNet50 (conv3_block4_add + conv4_block6_add)", "resnet50",
+                                    "conv4_block6_add", multiscale_layers=("conv3_block4_add",)),
     "base_cnn": ZooModel("base_cnn", "Base CNN (from scratch)", reported_max_accuracy=0.680, reported_eer=0.327),
     "base_cnn_nonorm": ZooModel("base_cnn", "Base CNN (from scratch), NONORM", normalize=False),
     "base_unet": ZooModel("base_unet", "Base UNet (from scratch)", reported_max_accuracy=0.715, reported_eer=0.293),
@@ -91,7 +95,7 @@ def build_zoo_model(name: str, image_size=224, weights: str | None = None) -> ke
         return builder(image_size, normalize=entry.normalize)
     if entry.kind == "cut":
         return build_embedding_model(entry.backbone, entry.cut_layer, image_size, weights, normalize=entry.normalize,
-                                     name=name)
+                                     name=name, multiscale_layers=entry.multiscale_layers)
     if entry.kind == "pretrained":
         return build_pretrained_baseline(entry.backbone, image_size, entry.weights or weights, name=name,
                                          cut_layer=entry.cut_layer)
@@ -118,7 +122,9 @@ def embedding_model_from_settings(model_settings, image_size: int) -> tuple[kera
 def reported_figure(model_settings, experiment: str) -> tuple[str, float, float | None] | None:
     """The post's (description, max accuracy, EER) on skilled forgeries for the model of a run, if it reported one."""
     named = MODEL_ZOO.get(model_settings.zoo or "")
-    if named is not None and named.reported_max_accuracy is not None:
+    if named is not None:  # a zoo model the post did not build has no figure, whatever model shares its cut
+        if named.reported_max_accuracy is None:
+            return None
         return named.description, named.reported_max_accuracy, named.reported_eer
     for entry in MODEL_ZOO.values():
         if experiment == "contrastive":

@@ -82,7 +82,8 @@ def write_report(run: RunFolder, metrics: dict, figures) -> None:
         pairs_line += f"; {metrics['n_train_pairs']:,} training pairs ({metrics['training_path']})"
     lines += [
         (f"- dataset: {metrics['dataset']} (layout {metrics['layout']}); {metrics['n_train_writers']} training "
-         f"writers, {len(metrics['test_writers'])} test writers {metrics['test_writers']}"),
+         f"writers, {len(metrics['test_writers'])} test writers {metrics['test_writers']}"
+         + (f" (**{metrics['validation_fold']}**)" if metrics.get("validation_fold") else "")),
         (f"- profile: `{settings['profile']}`; image {settings['image_size']}×{settings['image_size']}, "
          f"Otsu binarization {'on' if settings['binarize'] else 'off'}"),
         f"- model: {metrics.get('model_description', 'unknown')}; {metrics.get('params', 0):,} parameters",

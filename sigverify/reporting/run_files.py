@@ -78,6 +78,7 @@ def write_run_files(run: RunFolder, config: ExperimentConfig, model: keras.Model
     metrics = dict(evaluation.metrics)
     metrics.update({"status": "complete", "dataset": data.dataset, "layout": data.layout, "profile": config.profile,
                     "experiment": config.experiment, "test_writers": data.test_writers,
+                    "validation_fold": data.validation_fold,  # set: the "test writers" are training writers
                     "n_train_writers": len(data.train_writers), "n_test_images": len(data.test.index),
                     "n_train_images": len(data.train.index), "settings": settings_summary(config)})
     metrics.update(facts)

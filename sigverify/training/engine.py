@@ -146,17 +146,18 @@ class ViewBatches:
         return len(self.batches_of_epoch(0))
 
 
-def pair_steps(pairs, pairs_per_step: int, seed: int, epoch: int, shuffle: bool = True, limit: int | None = None):
-    """(first, second, same) of verification pairs (`sigverify.data.pairs` rows: a, b, same), cut into steps of
-    `pairs_per_step` (the last step may be shorter): shuffled by (seed, epoch), or in order; at most `limit` pairs,
-    drawn at random without replacement."""
+def pair_steps(pairs, pairs_per_step: int, seed: int, epoch: int, shuffle: bool = True, limit: int | None = None,
+               target: str = "same"):
+    """(first, second, target) of verification pairs (`sigverify.data.pairs` rows: a, b and the `target` column, by
+    default `same`), cut into steps of `pairs_per_step` (the last step may be shorter): shuffled by (seed, epoch), or in
+    order; at most `limit` pairs, drawn at random without replacement."""
     n_pairs = len(pairs)
     rng = np.random.default_rng([seed, epoch, 2 if limit is None else 3])
     if limit is not None:
         order = rng.choice(n_pairs, size=min(limit, n_pairs), replace=False)
     else:
         order = rng.permutation(n_pairs) if shuffle else np.arange(n_pairs)
-    columns = [pairs[name].to_numpy()[order] for name in ("a", "b", "same")]
+    columns = [pairs[name].to_numpy()[order] for name in ("a", "b", target)]
     splits = range(pairs_per_step, len(order), pairs_per_step)
     return tuple([np.split(column, splits) for column in columns[:2]] + [np.split(columns[2].astype(np.float32), splits)])
 

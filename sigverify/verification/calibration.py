@@ -151,7 +151,7 @@ def calibrate_run(run, data_dir: str | None = None, layout: str = "auto", skip_b
     writers, genuine = index["writer"].to_numpy(), index["genuine"].to_numpy()
     embeddings = run.embed_images(images)
     rule, rule_reason = better_rule(run.metrics)
-    points, curves = calibrate_embeddings(embeddings, writers, genuine, run.metric, rule, seed=seed)
+    points, curves = calibrate_embeddings(embeddings, writers, genuine, run.scoring, rule, seed=seed)
     calibration = {
         "schema_version": SCHEMA_VERSION, "created": dt.datetime.now().isoformat(timespec="seconds"),
         "model_sha256": run.identity["model_sha256"], "metric": run.metric, "rule": rule, "rule_reason": rule_reason,

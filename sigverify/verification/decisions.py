@@ -30,7 +30,7 @@ def verify_pair(run_dir: str | Path, first: str | Path, second: str | Path) -> d
     """Is `second` by the writer of `first`? Distance by the run's metric, decided at `pair_threshold`."""
     run = TrainedRun(run_dir)
     embeddings = run.embed_files([first, second])
-    distance = float(paired_distances_numpy(embeddings[:1], embeddings[1:], metric=run.metric)[0])
+    distance = float(paired_distances_numpy(embeddings[:1], embeddings[1:], metric=run.scoring)[0])
     threshold, source = pair_threshold(run.metrics)
     return {"distance": distance, "threshold": threshold, "threshold_source": source, "metric": run.metric,
             "decision": GENUINE if distance <= threshold else REJECTED}
@@ -80,7 +80,7 @@ def verify_questioned(gallery: Gallery, run: TrainedRun, writer: str, questioned
     embeddings = run.embed_files(questioned)
     results = []
     for path, embedding in zip(questioned, embeddings):
-        distances = paired_distances_numpy(np.repeat(embedding[None], len(references), axis=0), references, run.metric)
+        distances = paired_distances_numpy(np.repeat(embedding[None], len(references), axis=0), references, run.scoring)
         score = float(REFERENCE_RULES[calibration.rule](distances))
         results.append({"questioned": str(path), "writer": writer, "score": score, "rule": calibration.rule,
                         "references": len(references), "threshold": point.threshold,
@@ -96,12 +96,22 @@ def identify(gallery: Gallery, run: TrainedRun, questioned: str, top: int = 5) -
     references), with how they were searched."""
     if top < 1:
         raise ConfigError(f"--top {top}: expected a positive number of writers")
-    index, writers = gallery.search_index()
-    embedding = run.embed_files([questioned])
-    per_writer = max(count for _, count, _ in gallery.writers())
-    distances, positions = index.search(embedding, min(index.size, top * per_writer))
+    if isinstance(run.scoring, str):
+        index, writers = gallery.search_index()
+        embedding = run.embed_files([questioned])
+        per_writer = max(count for _, count, _ in gallery.writers())
+        distances, positions = index.search(embedding, min(index.size, top * per_writer))
+        search, size = index.kind, index.size
+    else:  # a learned pair score is no metric that an index can search: every reference is scored
+        references, writers = gallery.all_references()
+        if not len(writers):
+            raise ConfigError(f"--db {gallery.path}: no writer enrolled; enrol some first (`sigverify enroll`)")
+        embedding = run.embed_files([questioned])
+        scores = paired_distances_numpy(np.repeat(embedding, len(references), axis=0), references, run.scoring)
+        positions = np.argsort(scores, kind="stable")[None]
+        distances, search, size = scores[positions], "exact (every reference scored by the pair classifier)", len(scores)
     ranked = nearest_writers(distances[0], positions[0], writers, top)
     if not ranked:
         raise DataError(f"{questioned}: no reference found in {gallery.path}")
-    return {"questioned": str(questioned), "search": index.kind, "references": index.size, "metric": run.metric,
+    return {"questioned": str(questioned), "search": search, "references": size, "metric": run.metric,
             "nearest": [{"writer": writer, "distance": float(distance)} for writer, distance in ranked]}

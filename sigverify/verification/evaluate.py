@@ -79,7 +79,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, runs_root: str | Pat
     split = SplitData(index, images, verification_pairs(index))
     embeddings = run.embed_images(images)
 
-    metrics, scores = score_test_split(embeddings, split, run.metric)
+    metrics, scores = score_test_split(embeddings, split, run.scoring)
     run_thresholds = {name: (run.metrics.get(name) or {}).get("train_threshold") for name in scores}
     for name, set_scores in scores.items():
         threshold = run_thresholds[name]

@@ -110,7 +110,7 @@ def score_pairs(run: TrainedRun, pairs_csv: str | Path, out_csv: str | Path, thr
                     summary.errors.append((line, failed))
                     writer.writerow({**row, "distance": "", "decision": "", "error": failed})
                     continue
-                distance = float(paired_distances_numpy(reference[None], questioned[None], run.metric)[0])
+                distance = float(paired_distances_numpy(reference[None], questioned[None], run.scoring)[0])
                 summary.scored += 1
                 distances.append(distance)
                 labels.append(label)

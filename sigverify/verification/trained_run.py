@@ -20,18 +20,21 @@ from sigverify.runs import CONFIG_FILE, read_status
 from sigverify.settings import config_from_dict
 
 CALIBRATION_FILE = "calibration.json"
+PAIR_HEAD_FILE = "pair_head.keras"  # a pair classifier's head (exp-losses' pair-ce): what scores its pairs
 
 
-def load_run_model(run_dir: Path):
-    """The run's embedding model, loaded with safe_mode=True: a file that needs unsafe deserialization is refused."""
+def load_run_model(run_dir: Path, file_name: str = "model.keras"):
+    """The run's embedding model (or another model file of the run), loaded with safe_mode=True: a file that needs
+    unsafe deserialization is refused."""
     import keras
 
     import sigverify.losses
-    import sigverify.models.backbones  # noqa: F401  (register our serializable classes: losses, InputScaling)
+    import sigverify.models.backbones
+    import sigverify.models.siamese  # noqa: F401  (register our serializable classes: losses, layers)
 
-    model_file = run_dir / "model.keras"
+    model_file = run_dir / file_name
     if not model_file.exists():
-        raise ConfigError(f"--run {run_dir}: no model.keras; expected a finished run folder")
+        raise ConfigError(f"--run {run_dir}: no {file_name}; expected a finished run folder")
     try:
         return keras.saving.load_model(model_file, safe_mode=True, compile=False)
     except (OSError, zipfile.BadZipFile) as error:
@@ -91,6 +94,15 @@ class TrainedRun:
     @cached_property
     def model(self):
         return load_run_model(self.path)
+
+    @cached_property
+    def scoring(self):
+        """What scores a pair of this run's embeddings: its distance name, or a pair classifier's trained head."""
+        from sigverify.models.siamese import PAIR_CLASSIFIER, PairClassifierScore
+
+        if self.metric != PAIR_CLASSIFIER:
+            return self.metric
+        return PairClassifierScore(load_run_model(self.path, PAIR_HEAD_FILE))
 
     @cached_property
     def identity(self) -> dict:
