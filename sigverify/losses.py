@@ -350,7 +350,7 @@ class ContrastiveLoss(keras.losses.Loss):
 @keras.saving.register_keras_serializable(package="sigverify")
 class PairCrossEntropyLoss(keras.losses.Loss):
     """Softmax cross-entropy of a pair classifier: y_pred = logits (N × classes, the pair classes of
-    `sigverify.models.siamese.PAIR_CLASSES`: genuine, skilled forgery, random forgery), y_true = each pair's class
+    `sigverify.data.pairs.PAIR_KINDS`: genuine, skilled forgery, random forgery), y_true = each pair's class
     index (N,) or (N, 1). Mean over pairs of logsumexp(logits) − logits[class], computed in float32."""
 
     def __init__(self, name="pair_cross_entropy_loss", **kwargs):
@@ -489,10 +489,14 @@ class MarginSoftmaxLoss(keras.losses.Loss):
         """The true class's logit divided by s, from its cosine (the margin of each loss)."""
         raise NotImplementedError
 
+    def is_target(self, y_true):
+        """B × classes: whether each row's label is each class (a row of no class is all False)."""
+        labels = ops.cast(ops.reshape(y_true, (-1, 1)), "float32")
+        return ops.equal(labels, ops.convert_to_tensor([[float(c) for c in self.class_labels]], "float32"))
+
     def call(self, y_true, y_pred):
         cosines = self.cosines(y_pred)
-        labels = ops.cast(ops.reshape(y_true, (-1, 1)), "float32")
-        is_target = ops.equal(labels, ops.convert_to_tensor([[float(c) for c in self.class_labels]], "float32"))
+        is_target = self.is_target(y_true)
         has_class = ops.any(is_target, axis=1)
         target_cosine = ops.sum(ops.where(is_target, cosines, 0.0), axis=1)
         target_logit = self.scale * self.target_logit(target_cosine)
@@ -598,8 +602,7 @@ class SoftmaxLoss(MarginSoftmaxLoss):
 
     def call(self, y_true, y_pred):
         logits = ops.matmul(ops.cast(y_pred, "float32"), ops.convert_to_tensor(self.class_weights)) + self.class_biases
-        labels = ops.cast(ops.reshape(y_true, (-1, 1)), "float32")
-        is_target = ops.equal(labels, ops.convert_to_tensor([[float(c) for c in self.class_labels]], "float32"))
+        is_target = self.is_target(y_true)
         cross_entropy = ops.logsumexp(logits, axis=1) - ops.sum(ops.where(is_target, logits, 0.0), axis=1)
         return _mean_where(cross_entropy, ops.any(is_target, axis=1))
 

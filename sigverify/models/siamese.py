@@ -27,15 +27,18 @@ class PairDistance(keras.layers.Layer):
         return (input_shape[0][0],)
 
 
+def _pair_inputs(tower: keras.Model):
+    """The two image inputs of a Siamese model around `tower`."""
+    return tuple(keras.Input(shape=tower.input.shape[1:], dtype=tower.input.dtype, name=name)
+                 for name in ("first", "second"))
+
+
 def build_siamese(tower: keras.Model, name: str = "siamese") -> keras.Model:
     """(a, b) → distance between tower(a) and tower(b); the tower's weights are shared by construction."""
-    first = keras.Input(shape=tower.input.shape[1:], dtype=tower.input.dtype, name="first")
-    second = keras.Input(shape=tower.input.shape[1:], dtype=tower.input.dtype, name="second")
+    first, second = _pair_inputs(tower)
     return keras.Model([first, second], PairDistance(name="distance")([tower(first), tower(second)]), name=name)
 
 
-# The classes of a pair classifier's output, in order; a pair scores by its first, P(genuine).
-PAIR_CLASSES = PAIR_KINDS
 PAIR_CLASSIFIER = "pair-classifier"  # the run's scoring, recorded where other runs name their distance
 HEAD_HIDDEN_UNITS = 64
 
@@ -58,20 +61,19 @@ class PairFeatures(keras.layers.Layer):
 
 
 def build_pair_head(embedding_dim: int, hidden_units: int = HEAD_HIDDEN_UNITS, name: str = "pair_head") -> keras.Model:
-    """(e₁, e₂) → logits over PAIR_CLASSES: the pair features, one ReLU layer, a linear layer (all float32)."""
+    """(e₁, e₂) → logits over PAIR_KINDS (a pair scores by the first, P(genuine)): the pair features, one ReLU layer, a linear layer (all float32)."""
     first = keras.Input(shape=(embedding_dim,), name="first_embedding")
     second = keras.Input(shape=(embedding_dim,), name="second_embedding")
     features = PairFeatures(name="pair_features")([first, second])
     hidden = keras.layers.Dense(hidden_units, activation="relu", dtype="float32", name="pair_hidden")(features)
-    logits = keras.layers.Dense(len(PAIR_CLASSES), dtype="float32", name="pair_logits")(hidden)
+    logits = keras.layers.Dense(len(PAIR_KINDS), dtype="float32", name="pair_logits")(hidden)
     return keras.Model([first, second], logits, name=name)
 
 
 def build_pair_classifier(tower: keras.Model, head: keras.Model, name: str = "pair_classifier") -> keras.Model:
     """(a, b) → head(tower(a), tower(b)): the pair cross-entropy model; tower and head weights are shared with the
     models passed in, so training it trains them."""
-    first = keras.Input(shape=tower.input.shape[1:], dtype=tower.input.dtype, name="first")
-    second = keras.Input(shape=tower.input.shape[1:], dtype=tower.input.dtype, name="second")
+    first, second = _pair_inputs(tower)
     return keras.Model([first, second], head([tower(first), tower(second)]), name=name)
 
 
