@@ -13,7 +13,7 @@ RESUME ?=
 SEED ?=
 STRATEGY ?=
 CPU_DEVICES ?=
-MIXED_PRECISION ?=
+PRECISION ?=
 JIT ?=
 MODELS ?=
 SEEDS ?=
@@ -30,7 +30,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 EXPERIMENT_FLAGS = --profile $(PROFILE) --runs $(RUNS) \
 	$(if $(DATA),--data $(DATA)) $(if $(RESUME),--resume $(RESUME)) $(if $(SEED),--seed $(SEED)) \
 	$(if $(STRATEGY),--strategy $(STRATEGY)) $(if $(CPU_DEVICES),--cpu-devices $(CPU_DEVICES)) \
-	$(if $(filter 1,$(MIXED_PRECISION)),--mixed-precision) $(if $(filter 1,$(JIT)),--jit) \
+	$(if $(PRECISION),--precision $(PRECISION)) $(if $(filter 1,$(JIT)),--jit) \
 	$(if $(FOLDS),--folds $(FOLDS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(LOSS),--loss $(LOSS)) $(ARGS)
 
 .PHONY: install exp-triplet exp-contrastive exp-models exp-losses exp-tune exp-pretrain exp-pretrain-compare pretrain-backbone ship-weights data-synthetic test lint clean-cache bench-gpu

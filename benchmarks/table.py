@@ -41,17 +41,34 @@ def loss_section(result: dict) -> list[str]:
 
 
 def train_section(result: dict) -> list[str]:
-    lines = ["### bench-train: training step, batch 32", "",
-             ("| model | image | precision | images/s | GFLOP/image (train) | GFLOP/s | float32 matmul GFLOP/s just before "
-              "| of that peak | of the matmul's GFLOP per CPU-second |"), "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["results"]:
+    settings = result["settings"]
+    lines = [(f"### bench-train: training step (batch {settings['batch_size']}) and inference (batch "
+             f"{settings.get('inference_batch_size', '—')})"), "",
+             ("| model | image | precision | train images/s | GFLOP/image (train) | GFLOP/s | matmul GFLOP/s of that "
+              "precision, just before | of that peak | per CPU-second | inference images/s | of that peak |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    cases = [r for r in result["results"] if "model" in r]
+    levers = [r for r in result["results"] if "lever" in r]
+    for r in cases:
+        peak = r.get("matmul_peak_of_its_precision_gflops", r["float32_matmul_peak_gflops"])
+        fraction = r.get("fraction_of_its_matmul_peak", r.get("fraction_of_float32_matmul_peak"))
+        per_cpu = r.get("cpu_time_fraction_of_its_matmul", r.get("cpu_time_fraction_of_float32_matmul"))
+        inference = r.get("inference_images_per_second")
         lines.append(f"| {r['model']} | {r['image_size']}² | {r['precision']} | {r['images_per_second']:.1f} | "
-                     f"{r['training_gflop_per_image']:.1f} | {r['achieved_gflops']:.0f} | "
-                     f"{r['float32_matmul_peak_gflops']:.0f} | {r['fraction_of_float32_matmul_peak']:.0%} | "
-                     f"{r['cpu_time_fraction_of_float32_matmul']:.0%} |")
+                     f"{r['training_gflop_per_image']:.1f} | {r['achieved_gflops']:.0f} | {peak:.0f} | "
+                     f"{fraction:.0%} | {per_cpu:.0%} | "
+                     + (f"{inference:.1f} | {r['inference_fraction_of_its_matmul_peak']:.0%} |" if inference else "— | — |"))
     peak = result["summary"]["matmul_peak_gflops"]
     lines += ["", (f"Highest tf.matmul 4096² of the run: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 "
                    f"{peak['bfloat16']:.0f} GFLOP/s.")]
+    if levers:
+        before, fused = "float32, Keras batch norm (before)", "float32, fused batch norm"
+        lines += ["", (f"Levers of the bfloat16 step, each alone in a process of its own ({settings['lever_case']}, batch "
+                      f"{settings['batch_size']} unless said):"), "",
+                  f"| lever | images/s | / {before} | / {fused} | per CPU-second / {before} |", "|---|---|---|---|---|"]
+        for r in levers:
+            lines.append(f"| {r['lever']} | {r['images_per_second']:.1f} | {r['ratio_to ' + before]:.2f}x | "
+                         f"{r['ratio_to ' + fused]:.2f}x | {r['cpu_ratio_to ' + before]:.2f}x |")
     return lines
 
 

@@ -58,7 +58,7 @@ def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: di
                    "epochs": info["epochs"], "steps_per_epoch": config.pretrain.pretrain_steps_per_epoch or "one pass",
                    "batch_size": info["batch_size"], "learning_rate": config.pretrain.pretrain_learning_rate,
                    "schedule": "cosine", "augment_strength": config.pretrain.augment_strength,
-                   "mixed_precision": config.devices.mixed_precision, "start": info["start"]},
+                   "precision": config.devices.precision, "start": info["start"]},
         "reproduce": reproducing_command(config),
         "run": {"profile": config.profile, "seed": config.train.seed,
                 "train_seconds": round(float(metrics.get("train_seconds") or 0.0)), "machine": _machine(),
@@ -79,8 +79,8 @@ def reproducing_command(config: ExperimentConfig) -> str:
     flags = [f"PROFILE={config.profile}"]
     if config.data.data:
         flags.append(f"DATA={config.data.data}")
-    if config.devices.mixed_precision:
-        flags.append("MIXED_PRECISION=1")
+    if config.devices.precision != "float32":
+        flags.append(f"PRECISION={config.devices.precision}")
     if config.train.seed:
         flags.append(f"SEED={config.train.seed}")
     return f"make pretrain-backbone {' '.join(flags)} && make ship-weights RUN=runs/pretrain-backbone/<run id>"

@@ -91,7 +91,7 @@ def write_report(run: RunFolder, metrics: dict, figures) -> None:
         (f"- training: {settings['epochs']} epochs, batch {settings['batch_size']} ({settings['sampler']} sampler), "
          f"loss {metrics.get('loss_description', settings['loss'])}, Adam {settings['learning_rate']:g} with "
          f"{settings['schedule']} schedule; {metrics.get('train_seconds', 0):.0f} s on "
-         f"{metrics.get('strategy', 'the default device')}"),
+         f"{metrics.get('strategy', 'the default device')}, precision {metrics.get('precision', 'float32')}"),
         pairs_line,
         "",
         "## Metrics",

@@ -30,6 +30,7 @@ from sigverify.training.engine import (
     TrainResult,
     current_learning_rate,
     read_history,
+    set_precision,
     truncate_history,
 )
 
@@ -90,17 +91,6 @@ def describe_distribution(distribution: keras.distribution.DataParallel | OneDev
         return f"OneDevice over 1 device(s): {distribution.device}"
     devices = [str(device) for device in np.ravel(distribution.device_mesh.devices)]
     return f"{type(distribution).__name__} over {len(devices)} device(s): {', '.join(devices)}"
-
-
-def set_precision(mixed: bool) -> str:
-    """float32, or mixed precision: float16 compute on a GPU, bfloat16 otherwise (losses and the L2 normalization stay
-    float32), as `sigverify.training.tf_engine.set_precision` picks it. Returns the policy name."""
-    if not mixed:
-        policy = "float32"
-    else:
-        policy = "mixed_float16" if keras.distribution.list_devices()[0].startswith("gpu") else "mixed_bfloat16"
-    keras.mixed_precision.set_dtype_policy(policy)
-    return policy
 
 
 class FeedBatches(keras.utils.PyDataset):
@@ -245,7 +235,7 @@ class JaxEngine(TrainingEngine):
             raise ConfigError("--jit: XLA compilation is a TensorFlow setting; JAX compiles every step with XLA already: "
                               "leave it out on the jax backend")
         self.distribution = make_distribution(devices.strategy, devices.cpu_devices)
-        self.precision = set_precision(devices.mixed_precision)
+        self.precision = set_precision(devices.precision)
 
     def scope(self):
         return self.distribution.scope()

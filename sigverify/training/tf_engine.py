@@ -34,8 +34,10 @@ from sigverify.training.engine import (
     ViewBatches,
     current_learning_rate,
     read_history,
+    set_precision,
     truncate_history,
 )
+from sigverify.training.tf_batch_norm import use_fused_batch_norm
 from sigverify.training.tf_data import dataset_of
 
 log = logging.getLogger(__name__)
@@ -236,17 +238,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def set_precision(mixed: bool) -> str:
-    """float32, or mixed precision: float16 compute on a GPU, bfloat16 on a CPU (losses and the L2 normalization stay
-    float32). Returns the policy name."""
-    if not mixed:
-        policy = "float32"
-    else:
-        policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
-    keras.mixed_precision.set_dtype_policy(policy)
-    return policy
-
-
 class CrossReplicaViews:
     """SimCLR under tf.distribute: the negatives of every replica, with each image's two views still paired.
 
@@ -273,7 +264,7 @@ class TensorFlowEngine(TrainingEngine):
 
     def __init__(self, devices):
         self.strategy = make_strategy(devices.strategy, devices.cpu_devices)
-        self.precision = set_precision(devices.mixed_precision)
+        self.precision = set_precision(devices.precision)
         self.jit = devices.jit
 
     def scope(self):
@@ -293,6 +284,7 @@ class TensorFlowEngine(TrainingEngine):
     def fit(self, run_dir, model, loss, train, epochs, optimizer, validation=None, *, batch_has_signal=None,
             verbose=1) -> TrainResult:
         loss_fn = CrossReplicaViews(loss) if isinstance(train, ViewBatches) else loss
+        use_fused_batch_norm(model)
         trainer = Trainer(model, loss_fn, optimizer, self.strategy, run_dir, write_files=self.is_chief,
                           batch_has_signal=batch_has_signal, jit=self.jit)
         return trainer.fit(lambda epoch: dataset_of(train, epoch), epochs, train.steps(),
