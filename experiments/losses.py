@@ -103,14 +103,14 @@ def train_on_pairs(run, config, prepared) -> dict:
     validation = PairBatches(data.test.images, lambda epoch: pair_steps(
         test_pairs, pairs_per_step, seed, 0, limit=4 * pairs_per_step, target=target))
     with engine.scope():
-        model, weights_description, model_description = embedding_model_from_settings(config.model,
-                                                                                      config.image.image_size)
+        model, weights_description, model_description, pretrained_variables = embedding_model_from_settings(
+            config.model, config.image.image_size)
         if classifies:
             head = build_pair_head(config.model.embedding_dim)
             pair_model, loss = build_pair_classifier(model, head), PairCrossEntropyLoss()
         else:
             pair_model, loss = build_siamese(model), ContrastiveLoss(margin=config.loss.margin)
-        optimizer = make_optimizer(config.optimizer, config.train.epochs, steps)
+        optimizer = make_optimizer(config.optimizer, config.train.epochs, steps, pretrained_variables)
     references = reference_points(model, data)
     result = engine.fit(run.path, pair_model, loss, train_feed, config.train.epochs, optimizer, validation)
     if classifies:

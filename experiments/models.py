@@ -24,6 +24,7 @@ from sigverify.evaluation.model import evaluate_model
 from sigverify.experiment import run_experiment
 from sigverify.losses import TripletSemiHardLoss
 from sigverify.models.backbones import minimum_image_size
+from sigverify.models.embedding import backbone_trainable_variables
 from sigverify.models.zoo import MODEL_ZOO, build_zoo_model, model_weights, validate_zoo_model
 from sigverify.protocol import run_repeats
 from sigverify.reporting import plots
@@ -112,7 +113,9 @@ def train_zoo_model(sub, config, prepared: Prepared) -> dict:
     def build_model():
         weights, weights_description = model_weights(name, config.model.weights)
         cut = f": {entry.backbone} cut at {entry.cut_layer} + conv head" if entry.kind == "cut" else ""
-        return build_zoo_model(name, size, weights), weights_description, entry.description + cut
+        model = build_zoo_model(name, size, weights)
+        pretrained = backbone_trainable_variables(model) if entry.kind == "cut" and weights else []
+        return model, weights_description, entry.description + cut, pretrained
 
     return train_and_report(sub, config, prepared, build_model,
                             lambda train: TripletSemiHardLoss(margin=loss.margin, distance_metric=loss.distance),

@@ -89,6 +89,9 @@ class OptimizerSettings:
     schedule: str = "exponential"
     decay_steps: int = 10
     decay_rate: float = 0.7
+    # the layers a pretrained start gave (the backbone up to the cut) learn at this fraction of learning_rate, the new
+    # head at learning_rate; a random start trains every layer at learning_rate
+    backbone_rate_scale: float = 1.0
 
 
 @dataclass
@@ -132,7 +135,7 @@ class PretrainSettings:
     momentum: float = 0.99  # MoCo's key encoder (the paper's 0.999 suits runs of many more steps)
     synthetic_writers: int = 5000
     synthetic_samples: int = 12  # genuine signatures per synthetic writer, and as many skilled forgeries
-    pretrain_steps_per_epoch: int = 0  # synthetic: batches an epoch, between checkpoints (0: one pass over the images)
+    pretrain_steps_per_epoch: int = 0  # batches an epoch, between checkpoints (0: one pass over the images)
     augment_strength: float = 1.0
 
 
@@ -251,8 +254,8 @@ FIXED_BY_EXPERIMENT["tune"] = (("loss", "margin", "learning_rate", "cut_layer", 
                                ("each trial samples them from the profile's search space (experiments/tune.py) and "
                                 "scores every validation fold of one seed; --losses names the candidate losses"))
 FIXED_BY_EXPERIMENT["pretrain-backbone"] = (FIXED_BY_EXPERIMENT["pretrain"][0] + ("method", "unlabelled", "starts"),
-                                            ("supervised pretraining on synthetic writers (--method synthetic) with "
-                                             "its own --pretrain-* length, batch and learning rate"))
+                                            ("SimCLR on synthetic writers with its own --pretrain-* length, batch "
+                                             "and learning rate; exp-pretrain runs the other methods"))
 
 
 def _check_used_by(experiment: str, overrides: dict) -> None:
@@ -311,6 +314,8 @@ def validate(config: ExperimentConfig) -> None:
         (train.epochs >= 1, f"--epochs {train.epochs}: expected at least 1"),
         (batches.batch_size >= 2, f"--batch-size {batches.batch_size}: expected at least 2"),
         (optimizer.learning_rate > 0, f"--learning-rate {optimizer.learning_rate}: expected > 0"),
+        (0 < optimizer.backbone_rate_scale <= 1,
+         f"--backbone-rate-scale {optimizer.backbone_rate_scale}: expected a fraction of --learning-rate in (0, 1]"),
         (batches.images_per_class >= 2 or batches.sampler != "pk",
          f"--images-per-class {batches.images_per_class}: expected K >= 2 so that every batch has positive pairs"),
         (batches.sampler != "pk" or pk == batches.batch_size,

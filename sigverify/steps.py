@@ -22,7 +22,7 @@ from sigverify.reporting.run_files import training_facts, write_run_files
 from sigverify.runs import RunFolder
 from sigverify.settings import ExperimentConfig
 from sigverify.training import make_engine
-from sigverify.training.engine import LabelledBatches, TrainingEngine, TrainResult, make_optimizer
+from sigverify.training.engine import BackboneRateAdam, LabelledBatches, TrainingEngine, TrainResult, make_optimizer
 
 
 @dataclass
@@ -83,9 +83,10 @@ def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepare
                      loss_description: str | None = None) -> dict:
     """Online-mining training of an embedding model on labelled images, then its evaluation and run files.
 
-    `build_model()` → (model, weights description, model description) and `build_loss(training split)` → loss are
-    called inside the engine's scope (a loss may own variables); by default the model and the loss of the settings.
-    The loss description defaults to the loss's class and settings."""
+    `build_model()` → (model, weights description, model description, the variables of its pretrained layers, which
+    learn at `--backbone-rate-scale` of the rate) and `build_loss(training split)` → loss are called inside the
+    engine's scope (a loss may own variables); by default the model and the loss of the settings. The loss
+    description defaults to the loss's class and settings."""
     if build_model is None:
         build_model = lambda: embedding_model_from_settings(config.model, config.image.image_size)
     if build_loss is None:
@@ -94,9 +95,9 @@ def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepare
     engine, data = prepared.engine, prepared.data
     train_feed = labelled_feed(data.train, config)
     with engine.scope():
-        model, weights_description, model_description = build_model()
+        model, weights_description, model_description, pretrained_variables = build_model()
         loss = build_loss(data.train)
-        optimizer = make_optimizer(config.optimizer, config.train.epochs, train_feed.steps())
+        optimizer = make_optimizer(config.optimizer, config.train.epochs, train_feed.steps(), pretrained_variables)
     references = reference_points(model, data)
     classifies = isinstance(loss, MarginSoftmaxLoss)  # every batch teaches it: no positive pair is needed
     # A margin-softmax loss has no class weights for the test writers' classes: it has no validation loss.
@@ -106,6 +107,9 @@ def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepare
         batch_has_signal=None if classifies else lambda labels: count_positive_pairs(labels) > 0)
     facts = training_facts(engine, model, weights_description, model_description,
                            loss_description or describe_loss(loss), result, references)
+    if isinstance(optimizer, BackboneRateAdam):
+        facts["backbone_rate"] = (f"the pretrained layers' {len(pretrained_variables)} variables at "
+                                  f"{optimizer.backbone_rate_scale:g} of it")
     # Margin-softmax losses train angles (cosines to class weights): they are scored by cosine distance.
     distance = "cosine" if classifies else scoring_distance(config.loss.distance, l2_normalized=config.model.normalize)
     return write_run_files(run, config, model, data, evaluate_model(model, data, distance), facts, result.history)

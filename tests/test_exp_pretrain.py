@@ -228,8 +228,6 @@ def test_bad_settings_are_refused(tiny_dataset, tmp_path):
         check_pretrain_settings(config(method="moco", queue_size=8, pretrain_batch_size=16))
     with pytest.raises(ConfigError, match="multiple of 8"):
         check_pretrain_settings(config(method="synthetic", pretrain_batch_size=12))
-    with pytest.raises(ConfigError, match="--pretrain-steps-per-epoch 5: a setting of synthetic-writer pretraining"):
-        check_pretrain_settings(config(method="simclr", pretrain_steps_per_epoch=5))
     with pytest.raises(ConfigError, match="--unlabelled .*no such folder"):
         check_pretrain_settings(config(unlabelled=str(tmp_path / "missing")))
     with pytest.raises(ConfigError, match="--starts"):

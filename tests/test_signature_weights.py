@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sigverify.data.preprocess import PreprocessConfig, preprocess_file
-from sigverify.data.samplers import writer_and_forgery_batches
+from sigverify.data.samplers import shuffled_batches, stream_batches, writer_and_forgery_batches
 from sigverify.data.synthetic import generate_synthetic_dataset
 from sigverify.data.synthetic_pool import WRITERS_PER_BLOCK, pool_folder, synthetic_writer_pool, writer_signatures
 from sigverify.errors import ConfigError
@@ -83,6 +83,20 @@ def test_writer_batches_hold_each_writers_genuine_and_forged_classes():
     assert not np.array_equal(batches, writer_and_forgery_batches(labels, n_writers, 3, k, 4, 2, 7))
     with pytest.raises(ConfigError, match="at least K=6"):
         writer_and_forgery_batches(labels, n_writers, 3, 6, 4, 1, 7)
+
+
+def test_stream_batches_split_passes_into_shorter_epochs():
+    """SimCLR on a large pool with --pretrain-steps-per-epoch: each epoch continues the stream of shuffled passes, so
+    every image comes once a pass whatever the epoch length, and an epoch's batches are the same when drawn again."""
+    n_images, batch = 23, 4  # 5 batches a pass (3 images dropped, as one epoch a pass drops them)
+    epochs = [stream_batches(n_images, batch, seed=3, epoch=e, steps_per_epoch=3) for e in range(4)]
+    assert all(e.shape == (3, batch) for e in epochs)
+    stream = np.concatenate(epochs)
+    np.testing.assert_array_equal(stream[:5], shuffled_batches(n_images, batch, 3, 0))
+    np.testing.assert_array_equal(stream[5:10], shuffled_batches(n_images, batch, 3, 1))
+    assert len(set(stream[:5].ravel().tolist())) == 20
+    np.testing.assert_array_equal(epochs[2], stream_batches(n_images, batch, 3, 2, 3))
+    assert stream_batches(n_images, batch, 3, 0, 12).shape == (12, batch)  # epochs longer than a pass too
 
 
 def _cut_resnet(cut_layer: str, size: int = 32, weights=None):
@@ -198,14 +212,19 @@ def test_signatures_and_auto_starts(monkeypatch, tmp_path):
 
     settings = ModelSettings(cut_layer="conv3_block1_out", weights="signatures", unfreeze_from="conv2_block3_1_conv",
                              embedding_dim=8)
-    fine_tuned, _, description = embedding_model_from_settings(settings, 32)
+    fine_tuned, _, description, pretrained = embedding_model_from_settings(settings, 32)
     trainable = {layer.name: layer.trainable for layer in fine_tuned.layers}
     assert not trainable["conv1_conv"] and not trainable["conv2_block2_out"]
     assert trainable["conv2_block3_1_conv"] and trainable["conv3_block1_0_conv"]
     assert "layers before conv2_block3_1_conv frozen" in description
+    # the pretrained layers (for --backbone-rate-scale): the unfrozen backbone's, not the head's
+    head = {id(v) for name in ("head_conv1", "head_conv2", "embedding") for v in fine_tuned.get_layer(name).weights}
+    assert pretrained and not head & {id(v) for v in pretrained}
+    assert {id(v) for v in pretrained} | head == {id(v) for v in fine_tuned.trainable_variables}
     settings.weights = "none"
-    from_random, _, description = embedding_model_from_settings(settings, 32)
+    from_random, _, description, pretrained = embedding_model_from_settings(settings, 32)
     assert all(layer.trainable for layer in from_random.layers) and "a random start trains every layer" in description
+    assert pretrained == []
     settings.weights, settings.unfreeze_from = "signatures", "conv3_block2_1_conv"
     with pytest.raises(ConfigError, match="after the cut layer conv3_block1_out"):
         embedding_model_from_settings(settings, 32)
@@ -249,5 +268,5 @@ def test_pretrain_backbone_settings_are_checked_before_any_work():
     with pytest.raises(ConfigError, match="--method: the pretrain-backbone experiment sets it itself"):
         build_config("pretrain-backbone", "smoke", profiles, {"pretrain": {"method": "simclr"}})
     config = build_config("pretrain-backbone", "full", profiles)
-    assert (config.pretrain.method, config.pretrain.synthetic_writers, config.model.cut_layer) == (
-        "synthetic", 5000, "conv4_block6_add")
+    assert (config.pretrain.method, config.pretrain.unlabelled, config.pretrain.synthetic_writers,
+            config.model.cut_layer) == ("simclr", "synthetic", 5000, "conv4_block6_add")

@@ -185,6 +185,7 @@ def test_verify_on_a_damaged_run_prints_one_line(finished_run, tiny_dataset):
     ({"data": {"data": 123}}, "--data 123: expected a string"),
     ({"train": {"epochs": True}}, "--epochs True: expected an integer"),
     ({"model": {"embedding_dim": 0}}, "--embedding-dim 0: expected at least 1"),
+    ({"optimizer": {"backbone_rate_scale": 0}}, "--backbone-rate-scale 0.0: expected a fraction of --learning-rate"),
     ({"train": 5}, "section 'train' is 5; expected a mapping"),
 ])
 def test_settings_of_the_wrong_type_are_refused_where_they_are_read(triplet_in_process, tmp_path, settings, fragment):

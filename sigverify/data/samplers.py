@@ -22,6 +22,19 @@ def shuffled_batches(n_images: int, batch_size: int, seed: int, epoch: int, drop
     return order[: n_batches * batch_size].reshape(n_batches, batch_size)
 
 
+def stream_batches(n_images: int, batch_size: int, seed: int, epoch: int, steps_per_epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s `steps_per_epoch` batches of an endless stream of shuffled passes (pass p: the batches
+    shuffled_batches draws for epoch p): epochs shorter than a pass, so that a long pass over many images still
+    checkpoints often, and longer ones, with no image twice before every image once."""
+    passes = shuffled_batches(n_images, batch_size, seed, 0)
+    per_pass = len(passes)
+    first = epoch * steps_per_epoch
+    wanted = np.arange(first, first + steps_per_epoch)
+    by_pass = {p: passes if p == 0 else shuffled_batches(n_images, batch_size, seed, p)
+               for p in np.unique(wanted // per_pass)}
+    return np.stack([by_pass[g // per_pass][g % per_pass] for g in wanted])
+
+
 def check_pk(labels: np.ndarray, classes_per_batch: int, images_per_class: int) -> None:
     if images_per_class < 2:
         raise ConfigError(f"P×K sampler: K={images_per_class} images per class; expected K >= 2 so every batch has positive pairs")

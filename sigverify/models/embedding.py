@@ -53,6 +53,15 @@ from sigverify.models.weights import build_backbone
 BASE_CNN_DOWNSAMPLING = 8
 
 
+HEAD_LAYER_PREFIXES = ("multiscale_", "head_", "embedding", "l2_normalize")  # the layers a cut model adds after the cut
+
+
+def backbone_trainable_variables(model: keras.Model) -> list:
+    """The trainable variables of a cut model's backbone layers (up to the cut), not of the head it adds."""
+    return [variable for layer in model.layers if not layer.name.startswith(HEAD_LAYER_PREFIXES)
+            for variable in layer.trainable_variables]
+
+
 def _embedding_head(features, embedding_dim: int, normalize: bool):
     x = layers.Conv2D(64, 3, padding="same", name="head_conv1")(features)
     x = layers.MaxPooling2D(2, name="head_pool1")(x)

@@ -10,6 +10,7 @@ import keras
 from sigverify.errors import ConfigError
 from sigverify.models.backbones import KERAS_APPLICATIONS_MIN_SIZE, image_hw, validate_model_settings
 from sigverify.models.embedding import (
+    backbone_trainable_variables,
     build_base_cnn,
     build_base_unet,
     build_contrastive_embedding_model,
@@ -102,9 +103,10 @@ def build_zoo_model(name: str, image_size=224, weights: str | None = None) -> ke
     return build_contrastive_embedding_model(entry.backbone, image_size, weights)
 
 
-def embedding_model_from_settings(model_settings, image_size: int) -> tuple[keras.Model, str, str]:
-    """(model, weights description, model description) of a run's model settings (`sigverify.settings.ModelSettings`):
-    the backbone cut at `cut_layer` + the conv head, L2 normalization unless `normalize` is off."""
+def embedding_model_from_settings(model_settings, image_size: int) -> tuple[keras.Model, str, str, list]:
+    """(model, weights description, model description, the variables of its pretrained layers: none from a random
+    start) of a run's model settings (`sigverify.settings.ModelSettings`): the backbone cut at `cut_layer` + the conv
+    head, L2 normalization unless `normalize` is off."""
     weights, weights_description = resolve_weights(model_settings.weights, model_settings.backbone)
     model = build_embedding_model(model_settings.backbone, model_settings.cut_layer, image_size, weights=weights,
                                   normalize=model_settings.normalize, embedding_dim=model_settings.embedding_dim)
@@ -116,7 +118,7 @@ def embedding_model_from_settings(model_settings, image_size: int) -> tuple[kera
         validate_unfreeze_layer(model_settings.backbone, model_settings.unfreeze_from, model_settings.cut_layer)
         unfreeze_backbone_from(model, model_settings.backbone, model_settings.unfreeze_from)
         description += f", layers before {model_settings.unfreeze_from} frozen"
-    return model, weights_description, description
+    return model, weights_description, description, backbone_trainable_variables(model) if weights else []
 
 
 def reported_figure(model_settings, experiment: str) -> tuple[str, float, float | None] | None:

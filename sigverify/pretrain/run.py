@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 
 from sigverify.data.augment import batch_augmenter, view_pair_augmenter
-from sigverify.data.samplers import shuffled_batches, writer_and_forgery_batches
+from sigverify.data.samplers import shuffled_batches, stream_batches, writer_and_forgery_batches
 from sigverify.errors import ConfigError
 from sigverify.evaluation.model import evaluate_model, reference_points
 from sigverify.losses import MoCoLoss, NTXentLoss, TripletSemiHardLoss, count_positive_pairs, describe_loss
@@ -84,10 +84,6 @@ def check_pretrain_settings(config: ExperimentConfig) -> None:
         raise ConfigError(f"--pretrain-batch-size {pretrain.pretrain_batch_size}: synthetic-writer pretraining takes "
                           f"{SYNTHETIC_IMAGES_PER_CLASS} genuine signatures and {SYNTHETIC_IMAGES_PER_CLASS} forgeries "
                           f"of each writer of a batch; expected a multiple of {2 * SYNTHETIC_IMAGES_PER_CLASS}")
-    if pretrain.method != "synthetic" and pretrain.pretrain_steps_per_epoch:
-        raise ConfigError(f"--pretrain-steps-per-epoch {pretrain.pretrain_steps_per_epoch}: a setting of synthetic-writer "
-                          f"pretraining (its batches are drawn, not a pass over the images); --method "
-                          f"{pretrain.method} takes one pass an epoch: leave it out")
     if pretrain.method == "moco" and pretrain.pretrain_batch_size < 4:
         raise ConfigError(f"--pretrain-batch-size {pretrain.pretrain_batch_size}: MoCo normalizes its keys over two "
                           "halves of the batch; expected at least 4 images")
@@ -144,7 +140,8 @@ def build_pretraining_model(config: ExperimentConfig, weights: str | None) -> Pr
 
 def pretraining_feed(config: ExperimentConfig, images: PretrainingImages) -> LabelledBatches | ViewBatches:
     """Two augmented views of shuffled images (SimCLR, MoCo), or augmented P×K batches of the synthetic writers'
-    classes, each writer's genuine and forged classes together; `--pretrain-steps-per-epoch` batches an epoch."""
+    classes, each writer's genuine and forged classes together; `--pretrain-steps-per-epoch` batches an epoch (0: one
+    pass over the images)."""
     batches, seed, strength = as_pretraining_config(config).batches, config.train.seed, config.pretrain.augment_strength
     if images.labels is not None:
         steps = config.pretrain.pretrain_steps_per_epoch or max(1, len(images.labels) // batches.batch_size)
@@ -154,6 +151,11 @@ def pretraining_feed(config: ExperimentConfig, images: PretrainingImages) -> Lab
             lambda epoch: writer_and_forgery_batches(images.labels, images.n_writers, writers_per_batch,
                                                      batches.images_per_class, seed, epoch, steps),
             lambda epoch: batch_augmenter(seed, epoch, strength))
+    steps = config.pretrain.pretrain_steps_per_epoch
+    if steps:
+        return ViewBatches(images.images,
+                           lambda epoch: stream_batches(len(images.images), batches.batch_size, seed, epoch, steps),
+                           lambda epoch: view_pair_augmenter(seed, epoch, strength))
     return ViewBatches(images.images, lambda epoch: shuffled_batches(len(images.images), batches.batch_size, seed, epoch),
                        lambda epoch: view_pair_augmenter(seed, epoch, strength))
 

@@ -10,6 +10,7 @@ import platform
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from sigverify.errors import ConfigError
@@ -37,13 +38,21 @@ def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: di
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}.h5"
     size = config.image.image_size
-    trained = build_cut_backbone(model_settings.backbone, model_settings.cut_layer, size, weights=str(run.path))
-    sha256 = write_backbone_weights(trained, model_settings.backbone, model_settings.cut_layer, path)
-    if path.stat().st_size > MAX_SHIPPED_BYTES:
-        raise ConfigError(f"{path}: {path.stat().st_size / 2**20:.1f} MB, more than the {MAX_SHIPPED_BYTES / 2**20:.0f} "
-                          "MB a shipped file may hold; expected an earlier --cut-layer")
-    shipped = build_cut_backbone(model_settings.backbone, model_settings.cut_layer, size, weights=None)
-    load_backbone_weights(shipped, path)
+    # In float32 whatever --precision trained it: the file is used in float32 by default, and the float16 storage loss
+    # measured under a bfloat16 policy would be bfloat16's own rounding of small features.
+    training_policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("float32")
+    try:
+        trained = build_cut_backbone(model_settings.backbone, model_settings.cut_layer, size, weights=str(run.path))
+        sha256 = write_backbone_weights(trained, model_settings.backbone, model_settings.cut_layer, path)
+        if path.stat().st_size > MAX_SHIPPED_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size / 2**20:.1f} MB, more than the "
+                              f"{MAX_SHIPPED_BYTES / 2**20:.0f} MB a shipped file may hold; expected an earlier --cut-layer")
+        shipped = build_cut_backbone(model_settings.backbone, model_settings.cut_layer, size, weights=None)
+        load_backbone_weights(shipped, path)
+        storage_loss = float16_loss(trained, shipped, test_images)
+    finally:
+        keras.mixed_precision.set_dtype_policy(training_policy)
     info = json.loads(run.file(PRETRAINED_INFO_FILE).read_text())
     card = {
         "name": name, "file": path.name, "sha256": sha256, "bytes": path.stat().st_size,
@@ -63,7 +72,7 @@ def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: di
         "run": {"profile": config.profile, "seed": config.train.seed,
                 "train_seconds": round(float(metrics.get("train_seconds") or 0.0)), "machine": _machine(),
                 "epoch_losses": [round(loss, 4) for loss in _epoch_losses(run)]},
-        "float16_loss": float16_loss(trained, shipped, test_images),
+        "float16_loss": storage_loss,
         "figures": {"frozen features (backbone + GAP, cosine) on the "
                     f"{Path(str(metrics.get('dataset'))).name} test writers": _figures_of(metrics),
                     "the same model untrained, and raw pixels (max accuracy)": metrics.get("reference_points")},

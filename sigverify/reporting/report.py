@@ -89,7 +89,8 @@ def write_report(run: RunFolder, metrics: dict, figures) -> None:
         f"- model: {metrics.get('model_description', 'unknown')}; {metrics.get('params', 0):,} parameters",
         f"- **weights: {metrics.get('weights', 'unknown')}**",
         (f"- training: {settings['epochs']} epochs, batch {settings['batch_size']} ({settings['sampler']} sampler), "
-         f"loss {metrics.get('loss_description', settings['loss'])}, Adam {settings['learning_rate']:g} with "
+         f"loss {metrics.get('loss_description', settings['loss'])}, Adam {settings['learning_rate']:g}"
+         + (f" ({metrics['backbone_rate']})" if metrics.get("backbone_rate") else "") + " with "
          f"{settings['schedule']} schedule; {metrics.get('train_seconds', 0):.0f} s on "
          f"{metrics.get('strategy', 'the default device')}, precision {metrics.get('precision', 'float32')}"),
         pairs_line,

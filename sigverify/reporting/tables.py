@@ -191,6 +191,8 @@ def describe_training(config) -> str:
     train, batches, optimizer, data = config.train, config.batches, config.optimizer, config.data
     splits = (f"{data.folds} writer-disjoint folds" if data.folds > 1 and data.fold is None
               else "the default split" if data.folds == 1 else f"fold {data.fold} of {data.folds}")
+    backbone_rate = (f" (a pretrained backbone at {optimizer.backbone_rate_scale:g} of it)"
+                     if optimizer.backbone_rate_scale != 1 else "")
     return (f"{train.epochs} epochs, batch {batches.batch_size} ({batches.sampler} sampler), Adam "
-            f"{optimizer.learning_rate:g} with the {optimizer.schedule} schedule, on {splits} with seed(s) "
+            f"{optimizer.learning_rate:g}{backbone_rate} with the {optimizer.schedule} schedule, on {splits} with seed(s) "
             f"{train.seed}…{train.seed + train.seeds - 1}")

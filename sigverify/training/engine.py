@@ -74,9 +74,38 @@ def set_precision(policy: str) -> str:
     return policy
 
 
-def make_optimizer(settings, epochs: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam with the schedule of `settings` (`sigverify.settings.OptimizerSettings`); loss scaling under float16."""
-    optimizer = keras.optimizers.Adam(learning_rate_schedule(settings, epochs, steps_per_epoch))
+class BackboneRateAdam(keras.optimizers.Adam):
+    """Adam that moves `backbone_variables` (a pretrained start) at `backbone_rate_scale` × the learning rate and every
+    other variable (the new head, a loss's class weights) at the full rate. Adam's step does not depend on the
+    gradient's scale, so the rate itself is scaled, per variable, by the optimizer's own variable index (which maps a
+    replica's or a backend's copy of a variable to the same slot)."""
+
+    def __init__(self, learning_rate, backbone_variables, backbone_rate_scale: float, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.backbone_rate_scale = backbone_rate_scale
+        self._backbone_keys = {self._var_key(variable) for variable in backbone_variables}
+        self._rate_scales: list[float] = []
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._rate_scales = [self.backbone_rate_scale if self._var_key(variable) in self._backbone_keys else 1.0
+                             for variable in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._rate_scales[self._get_variable_index(variable)]
+        super().update_step(gradient, variable, learning_rate * scale if scale != 1.0 else learning_rate)
+
+
+def make_optimizer(settings, epochs: int, steps_per_epoch: int, backbone_variables=()) -> keras.optimizers.Optimizer:
+    """Adam with the schedule of `settings` (`sigverify.settings.OptimizerSettings`), the variables of a pretrained
+    start (`backbone_variables`) at `settings.backbone_rate_scale` of its rate; loss scaling under float16."""
+    schedule = learning_rate_schedule(settings, epochs, steps_per_epoch)
+    if len(backbone_variables) and settings.backbone_rate_scale != 1.0:
+        optimizer = BackboneRateAdam(schedule, backbone_variables, settings.backbone_rate_scale)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
     if keras.mixed_precision.dtype_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
