@@ -22,7 +22,7 @@ from sigverify.reporting.run_files import training_facts, write_run_files
 from sigverify.runs import RunFolder
 from sigverify.settings import ExperimentConfig
 from sigverify.training import make_engine
-from sigverify.training.engine import BackboneRateAdam, LabelledBatches, TrainingEngine, TrainResult, make_optimizer
+from sigverify.training.engine import LabelledBatches, TrainingEngine, TrainResult, make_optimizer
 
 
 @dataclass
@@ -107,9 +107,9 @@ def train_and_report(run: RunFolder, config: ExperimentConfig, prepared: Prepare
         batch_has_signal=None if classifies else lambda labels: count_positive_pairs(labels) > 0)
     facts = training_facts(engine, model, weights_description, model_description,
                            loss_description or describe_loss(loss), result, references)
-    if isinstance(optimizer, BackboneRateAdam):
+    if pretrained_variables and config.optimizer.backbone_rate_scale != 1.0:  # as make_optimizer applies it
         facts["backbone_rate"] = (f"the pretrained layers' {len(pretrained_variables)} variables at "
-                                  f"{optimizer.backbone_rate_scale:g} of it")
+                                  f"{config.optimizer.backbone_rate_scale:g} of it")
     # Margin-softmax losses train angles (cosines to class weights): they are scored by cosine distance.
     distance = "cosine" if classifies else scoring_distance(config.loss.distance, l2_normalized=config.model.normalize)
     return write_run_files(run, config, model, data, evaluate_model(model, data, distance), facts, result.history)

@@ -151,13 +151,12 @@ def pretraining_feed(config: ExperimentConfig, images: PretrainingImages) -> Lab
             lambda epoch: writer_and_forgery_batches(images.labels, images.n_writers, writers_per_batch,
                                                      batches.images_per_class, seed, epoch, steps),
             lambda epoch: batch_augmenter(seed, epoch, strength))
-    steps = config.pretrain.pretrain_steps_per_epoch
+    n_images, steps = len(images.images), config.pretrain.pretrain_steps_per_epoch
     if steps:
-        return ViewBatches(images.images,
-                           lambda epoch: stream_batches(len(images.images), batches.batch_size, seed, epoch, steps),
-                           lambda epoch: view_pair_augmenter(seed, epoch, strength))
-    return ViewBatches(images.images, lambda epoch: shuffled_batches(len(images.images), batches.batch_size, seed, epoch),
-                       lambda epoch: view_pair_augmenter(seed, epoch, strength))
+        batches_of_epoch = lambda epoch: stream_batches(n_images, batches.batch_size, seed, epoch, steps)
+    else:
+        batches_of_epoch = lambda epoch: shuffled_batches(n_images, batches.batch_size, seed, epoch)
+    return ViewBatches(images.images, batches_of_epoch, lambda epoch: view_pair_augmenter(seed, epoch, strength))
 
 
 def save_backbone(run: RunFolder, backbone: keras.Model, info: dict) -> None:
