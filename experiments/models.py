@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 from triplet import PROFILES as TRIPLET_PROFILES  # every model trains with the triplet recipe
+from triplet import QUICK_FOR_RANDOM_STARTS
 
 from sigverify.data.prepare import prepare_data
 from sigverify.errors import ConfigError
@@ -43,9 +44,10 @@ from sigverify.steps import Prepared, prepare_experiment, train_and_report
 # The triplet experiment's profiles, each model with its own backbone and cut layer (from MODEL_ZOO); a model whose cut
 # needs bigger images than image_size runs at its own minimum (full ResNet50: 97, VGG16: 128). quick: 64×64, 8 genuine
 # + 8 forged images per writer, 4 epochs: about 27 CPU-minutes for all models on CEDAR (VGG16 12, ResNet50 5), 15–20
-# minutes on an idle 2-core CPU.
+# minutes on an idle 2-core CPU, with the rates of QUICK_FOR_RANDOM_STARTS.
 PROFILES = derived(TRIPLET_PROFILES, everywhere={"model": {"cut_layer": None}}, changes={
-    "quick": {"data": {"max_samples": 8}, "image": {"image_size": 64}, "train": {"epochs": 4}},
+    "quick": {**QUICK_FOR_RANDOM_STARTS, "data": {"max_samples": 8}, "image": {"image_size": 64},
+              "train": {"epochs": 4}},
 })
 TRAINED = [name for name, entry in MODEL_ZOO.items() if entry.kind != "contrastive"]  # contrastive: its own experiment
 

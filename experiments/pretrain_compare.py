@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from pretrain import PRETRAINING  # each method pretrains as exp-pretrain's profile does
 from triplet import PROFILES as TRIPLET_PROFILES  # and fine-tunes as the triplet experiment trains
+from triplet import QUICK_FOR_RANDOM_STARTS
 
 from sigverify.errors import ConfigError
 from sigverify.experiment import run_experiment
@@ -49,10 +50,11 @@ from sigverify.settings import derived
 from sigverify.steps import Prepared, prepare_experiment, train_and_report
 
 # The triplet experiment's fine-tuning (its profiles' train, batches and optimizer sections) from each start, each
-# method pretrained as exp-pretrain's profile does; no UMAP or Grad-CAM per run.
+# method pretrained as exp-pretrain's profile does (quick: QUICK_FOR_RANDOM_STARTS, a random start among them); no UMAP
+# or Grad-CAM per run.
 PROFILES = derived(TRIPLET_PROFILES, everywhere={"report": {"umap": False, "gradcam_images": 0}}, changes={
     "smoke": PRETRAINING["smoke"],
-    "quick": {**PRETRAINING["quick"], "train": {"epochs": 4}},
+    "quick": {**PRETRAINING["quick"], **QUICK_FOR_RANDOM_STARTS, "train": {"epochs": 4}},
     "blog": {**PRETRAINING["blog"], "batches": TRIPLET_PROFILES["quick"]["batches"]},
 })
 

@@ -23,6 +23,7 @@ STRATEGIES = ("auto", "cpu", "mirrored", "multiworker")
 # by measurement: see `sigverify.training.engine.set_precision`.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SAMPLERS = ("shuffled", "pk")
+HEADS = ("conv", "gap")  # the builders: sigverify.models.embedding.HEAD_BUILDERS
 SCHEDULES = ("exponential", "epoch-exponential", "cosine", "constant")
 WEIGHTS_HELP = ("auto (imagenet if it can be loaded, else the shipped signature weights, else random), imagenet, "
                 "signatures, none, a pretraining run folder "
@@ -60,6 +61,7 @@ class ModelSettings:
     weights: str = "auto"
     normalize: bool = True
     embedding_dim: int = 256
+    head: str = "conv"  # of HEADS: "conv" (the post's) or "gap"
     unfreeze_from: str | None = None  # fine-tune a pretrained backbone from this layer on, the earlier layers frozen
     zoo: str | None = None  # models experiment: comma-separated MODEL_ZOO names (None: every triplet model and baseline)
 
@@ -307,6 +309,7 @@ def validate(config: ExperimentConfig) -> None:
         (devices.strategy in STRATEGIES, f"unknown strategy {devices.strategy!r}: expected one of {', '.join(STRATEGIES)}"),
         (devices.precision in PRECISIONS,
          f"--precision {devices.precision}: expected one of {', '.join(PRECISIONS)}"),
+        (config.model.head in HEADS, f"--head {config.model.head}: expected one of {', '.join(HEADS)}"),
         (batches.sampler in SAMPLERS, f"unknown sampler {batches.sampler!r}: expected one of {', '.join(SAMPLERS)}"),
         (optimizer.schedule in SCHEDULES,
          f"unknown schedule {optimizer.schedule!r}: expected one of {', '.join(SCHEDULES)}"),

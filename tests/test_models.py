@@ -302,3 +302,23 @@ def test_gradcam_matches_the_gradient_worked_out_by_hand():
     layer_names, heatmaps = gradcam_heatmaps(model, images)
     assert layer_names == ["conv"]
     np.testing.assert_allclose(np.stack([row[0] for row in heatmaps]), expected, atol=1e-5)
+
+
+def test_gap_head_is_the_normalized_dense_of_the_cuts_mean_features():
+    keras.utils.set_random_seed(3)
+    model = build_embedding_model("resnet50", "conv3_block4_add", 32, head="gap", embedding_dim=16)
+    # the cut's 512 channels, averaged over the grid, then Dense(16): no head convolution
+    assert model.count_params() == build_pretrained_baseline("resnet50", 32, cut_layer="conv3_block4_add").count_params() \
+        + 512 * 16 + 16
+    images = signatures(3, 2, 32)
+    features = keras.ops.convert_to_numpy(
+        keras.Model(model.input, model.get_layer("conv3_block4_add").output)(images, training=False))
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in model.get_layer("embedding").weights)
+    expected = features.mean(axis=(1, 2)) @ kernel + bias
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(embed(model, images), expected, rtol=1e-4, atol=1e-5)
+    # not the post's model: no figure borrowed from Small ResNet50 + skip at the same cut
+    assert reported_figure(ModelSettings(cut_layer="conv4_block6_add", head="gap"), "triplet") is None
+    assert reported_figure(ModelSettings(cut_layer="conv4_block6_add"), "triplet")[1] == 0.818
+    with pytest.raises(ConfigError, match="head 'mlp' is not known: expected one of conv, gap"):
+        build_embedding_model("resnet50", "conv3_block4_add", 32, head="mlp")

@@ -106,6 +106,13 @@ def test_an_image_size_no_backbone_needs_is_refused_before_preprocessing(triplet
     assert not list(tmp_path.rglob("*.npy")) and not run_folders(tmp_path / "runs")
 
 
+def test_an_unknown_head_is_refused_before_preprocessing(triplet_in_process, tiny_dataset, tmp_path):
+    result = triplet_in_process("--profile", "smoke", "--data", tiny_dataset, "--runs", tmp_path / "runs",
+                                "--head", "mlp")
+    assert_refused(result, "--head mlp", "expected one of conv, gap")
+    assert not list(tmp_path.rglob("*.npy")) and not run_folders(tmp_path / "runs")
+
+
 @pytest.mark.parametrize("damage", ["truncated", "wrong shape", "not an array"])
 def test_a_damaged_cache_entry_is_rebuilt(tiny_dataset, tmp_path, damage, caplog):
     paths = sorted(str(p) for p in (tiny_dataset / "full_org").glob("*.png"))[:3]

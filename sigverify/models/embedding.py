@@ -6,7 +6,8 @@ The shared head of every triplet model: Conv2D(64, 3×3, same, linear) → MaxPo
 MaxPool(2, valid) → Flatten → Dense(embedding_dim, linear) → L2 normalization (in float32). Valid pooling is what gives
 the parameter counts of the post (Small ResNet50 9,271,520 at 224×224×3); the features at the cut therefore need at
 least 4×4 pixels. A cut model is one flat functional graph (the backbone's layers up to the cut, then `head_*`
-layers), so Grad-CAM and layer look-ups reach the backbone's convolutions directly.
+layers), so Grad-CAM and layer look-ups reach the backbone's convolutions directly. The "gap" head (not the post's)
+replaces the convolutions and pooling by GlobalAveragePooling2D before the same Dense and normalization.
 
 A multi-scale cut model (the post's "models designed to learn multiscale features") also takes the features of earlier
 layers: each max-pooled to the cut's grid, as the head pools, and concatenated with the cut's along the channels
@@ -62,13 +63,23 @@ def backbone_trainable_variables(model: keras.Model) -> list:
             for variable in layer.trainable_variables]
 
 
-def _embedding_head(features, embedding_dim: int, normalize: bool):
+def _conv_head(features, embedding_dim: int, normalize: bool):
     x = layers.Conv2D(64, 3, padding="same", name="head_conv1")(features)
     x = layers.MaxPooling2D(2, name="head_pool1")(x)
     x = layers.Conv2D(32, 3, padding="same", name="head_conv2")(x)
     x = layers.MaxPooling2D(2, name="head_pool2")(x)
     x = layers.Flatten(name="head_flatten")(x)
     return _embedding_output(x, embedding_dim, normalize)
+
+
+def _gap_head(features, embedding_dim: int, normalize: bool):
+    x = layers.GlobalAveragePooling2D(name="head_gap")(features)
+    return _embedding_output(x, embedding_dim, normalize)
+
+
+# "conv": the post's head. "gap": global average pooling of the cut's features, then the same Dense and normalization;
+# it keeps every channel of the cut at any image size, where the conv head's valid pooling squeezes a 4×4 grid to 1×1×32
+HEAD_BUILDERS = {"conv": _conv_head, "gap": _gap_head}
 
 
 def _embedding_output(x, embedding_dim: int, normalize: bool):
@@ -93,11 +104,11 @@ def build_embedding_model(
     """`backbone` cut at `cut_layer`, then the shared head: one flat functional graph from the image to the embedding.
 
     `weights` is anything resolve_weights accepts; a weights file is loaded into the whole backbone before the cut.
-    `normalize=False` gives the NONORM variant (no L2 normalization). `head` names the head; "conv" is the only one.
+    `normalize=False` gives the NONORM variant (no L2 normalization). `head`: a HEAD_BUILDERS name ("conv": the post's).
     `multiscale_layers`: layers before the cut whose features join the cut's before the head (the multi-scale model).
     """
-    if head != "conv":
-        raise ConfigError(f"head {head!r} is not known: expected 'conv' (the post's head)")
+    if head not in HEAD_BUILDERS:
+        raise ConfigError(f"head {head!r} is not known: expected one of {', '.join(HEAD_BUILDERS)}")
     get_backbone(backbone)
     height, width = image_hw(image_size)
     if min(height, width) < KERAS_APPLICATIONS_MIN_SIZE:
@@ -112,7 +123,7 @@ def build_embedding_model(
         earlier = [_pooled_to_grid(full_backbone, backbone, cut_layer, layer_name, names)
                    for layer_name in multiscale_layers]
         features = layers.Concatenate(name="multiscale_features")([*earlier, features])
-    embedding = _embedding_head(features, embedding_dim, normalize)
+    embedding = HEAD_BUILDERS[head](features, embedding_dim, normalize)
     model_name = name or f"{backbone}_{cut_layer}" + ("" if normalize else "_nonorm")
     return keras.Model(full_backbone.input, embedding, name=model_name)
 
@@ -158,7 +169,7 @@ def build_base_cnn(image_size, embedding_dim: int = 256, normalize: bool = True,
             x = _conv_bn_relu(x, filters, f"stage{stage}_{conv}")
         if stage < len(stages):
             x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
-    return keras.Model(image, _embedding_head(x, embedding_dim, normalize), name=name)
+    return keras.Model(image, _conv_head(x, embedding_dim, normalize), name=name)
 
 
 def build_base_unet(image_size, embedding_dim: int = 256, normalize: bool = True,

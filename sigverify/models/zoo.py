@@ -109,8 +109,9 @@ def embedding_model_from_settings(model_settings, image_size: int) -> tuple[kera
     head, L2 normalization unless `normalize` is off."""
     weights, weights_description = resolve_weights(model_settings.weights, model_settings.backbone)
     model = build_embedding_model(model_settings.backbone, model_settings.cut_layer, image_size, weights=weights,
-                                  normalize=model_settings.normalize, embedding_dim=model_settings.embedding_dim)
-    description = (f"{model_settings.backbone} cut at {model_settings.cut_layer} + conv head"
+                                  normalize=model_settings.normalize, embedding_dim=model_settings.embedding_dim,
+                                  head=model_settings.head)
+    description = (f"{model_settings.backbone} cut at {model_settings.cut_layer} + {model_settings.head} head"
                    + ("" if model_settings.normalize else " (no L2 normalization)"))
     if model_settings.unfreeze_from and weights is None:
         description += f" (--unfreeze-from {model_settings.unfreeze_from} not applied: a random start trains every layer)"
@@ -134,7 +135,8 @@ def reported_figure(model_settings, experiment: str) -> tuple[str, float, float 
         elif experiment == "pretrain":  # frozen pooled features: the post's "pretrained, no fine-tuning"
             matches = entry.kind == "pretrained" and entry.backbone == model_settings.backbone
         else:
-            matches = entry.kind == "cut" and (entry.backbone, entry.cut_layer, entry.normalize) == (
+            matches = entry.kind == "cut" and model_settings.head == "conv" and (
+                entry.backbone, entry.cut_layer, entry.normalize) == (
                 model_settings.backbone, model_settings.cut_layer, model_settings.normalize)
         if matches and entry.reported_max_accuracy is not None:
             return entry.description, entry.reported_max_accuracy, entry.reported_eer
