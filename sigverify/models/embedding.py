@@ -77,8 +77,7 @@ def _gap_head(features, embedding_dim: int, normalize: bool):
     return _embedding_output(x, embedding_dim, normalize)
 
 
-# "conv": the post's head. "gap": global average pooling of the cut's features, then the same Dense and normalization;
-# it keeps every channel of the cut at any image size, where the conv head's valid pooling squeezes a 4×4 grid to 1×1×32
+# the names of sigverify.settings.HEADS (the module docstring describes both)
 HEAD_BUILDERS = {"conv": _conv_head, "gap": _gap_head}
 
 
