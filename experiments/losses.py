@@ -25,7 +25,7 @@ import copy
 import json
 import sys
 
-from triplet import PROFILES as TRIPLET_PROFILES  # every loss trains the triplet experiment's model
+from triplet import SHARED_PROFILES as TRIPLET_PROFILES  # every loss trains the triplet experiment's model
 
 from sigverify.data.pairs import PAIR_KINDS, with_kind_classes
 from sigverify.distances import scoring_distance

@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 
 import pandas as pd
-from triplet import PROFILES as TRIPLET_PROFILES  # every model trains with the triplet recipe
 from triplet import QUICK_FOR_RANDOM_STARTS
+from triplet import SHARED_PROFILES as TRIPLET_PROFILES  # every model trains with the triplet recipe
 
 from sigverify.data.prepare import prepare_data
 from sigverify.errors import ConfigError

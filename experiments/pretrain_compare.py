@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass
 
 from pretrain import PRETRAINING  # each method pretrains as exp-pretrain's profile does
-from triplet import PROFILES as TRIPLET_PROFILES  # and fine-tunes as the triplet experiment trains
 from triplet import QUICK_FOR_RANDOM_STARTS
+from triplet import SHARED_PROFILES as TRIPLET_PROFILES  # and fine-tunes as the triplet experiment trains
 
 from sigverify.errors import ConfigError
 from sigverify.experiment import run_experiment

@@ -81,7 +81,7 @@ def test_bad_settings_are_refused_in_one_line_before_any_work(args, message, tin
 def test_unknown_profile_and_too_few_writers_are_refused(tmp_path, tiny_dataset):
     result = run_experiment_script("triplet.py", "--profile", "huge", "--data", tiny_dataset, "--runs",
                                    tmp_path / "runs", cwd=tmp_path)
-    assert result.returncode == 2 and "smoke, quick, blog" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "smoke, quick, full, blog" in result.stderr and "Traceback" not in result.stderr
     lonely = tmp_path / "lonely"
     for folder in ("full_org", "full_forg"):
         (lonely / folder).mkdir(parents=True)
@@ -92,6 +92,27 @@ def test_unknown_profile_and_too_few_writers_are_refused(tmp_path, tiny_dataset)
                                    cwd=tmp_path)
     assert result.returncode == 2 and "at least two writers" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_full_profile_is_the_quick_recipe_longer_and_bigger_and_the_triplet_experiments_alone():
+    """full: the quick profile's model, start and rates at 128×128 for 10 epochs, a setting the model accepts; the
+    recipes built on the triplet profiles (zoo, losses, pretraining starts) refuse it rather than run it half-defined."""
+    from sigverify.errors import ConfigError
+    from sigverify.models.backbones import validate_model_settings
+    from sigverify.models.embedding import validate_unfreeze_layer
+    from sigverify.settings import build_config
+    from tests.conftest import load_recipe
+
+    profiles = load_recipe("triplet").PROFILES
+    quick, full = build_config("triplet", "quick", profiles), build_config("triplet", "full", profiles)
+    assert (full.image.image_size, full.train.epochs, quick.image.image_size, quick.train.epochs) == (128, 10, 64, 6)
+    assert (full.model, full.loss, full.batches, full.optimizer) == (quick.model, quick.loss, quick.batches, quick.optimizer)
+    assert full.train.augment and full.model.head == "gap"
+    validate_model_settings(full.model.backbone, full.model.cut_layer, full.image.image_size)
+    validate_unfreeze_layer(full.model.backbone, full.model.unfreeze_from, full.model.cut_layer)
+    for recipe, experiment in (("models", "models"), ("losses", "losses"), ("pretrain_compare", "pretrain-compare")):
+        with pytest.raises(ConfigError, match="unknown profile 'full': expected one of smoke, quick, blog"):
+            build_config(experiment, "full", load_recipe(recipe).PROFILES)
 
 
 def test_killed_run_resumes_from_the_last_epoch(tiny_dataset, tmp_path):
