@@ -211,7 +211,10 @@ from sigverify.verification.gallery import Gallery
 class SlowEmbedding:  # the second reference: the process is stopped while the transaction holds the first
     def __array__(self, dtype=None, copy=None):
         print("inside the transaction", flush=True)
-        time.sleep(120)
+        # short sleeps: a SIGINT the kernel hands to another thread only sets a flag, which the main thread reads
+        # between two of them (one long sleep would not wake until it ends)
+        for _ in range(1200):
+            time.sleep(0.1)
 
 gallery = Gallery(sys.argv[1])
 gallery.enroll({"intruder": [("a.png", "a" * 64, np.zeros(gallery.dim, np.float32)), ("b.png", "b" * 64, SlowEmbedding())]})
