@@ -95,7 +95,7 @@ def test_unknown_profile_and_too_few_writers_are_refused(tmp_path, tiny_dataset)
 
 
 def test_full_profile_is_the_quick_recipe_longer_and_bigger_and_the_triplet_experiments_alone():
-    """full: the quick profile's model, start and rates at 128×128 for 10 epochs, a setting the model accepts; the
+    """full: the quick profile's model, start and rates at 160×160 for 10 epochs, a setting the model accepts; the
     recipes built on the triplet profiles (zoo, losses, pretraining starts) refuse it rather than run it half-defined."""
     from sigverify.errors import ConfigError
     from sigverify.models.backbones import validate_model_settings
@@ -105,7 +105,7 @@ def test_full_profile_is_the_quick_recipe_longer_and_bigger_and_the_triplet_expe
 
     profiles = load_recipe("triplet").PROFILES
     quick, full = build_config("triplet", "quick", profiles), build_config("triplet", "full", profiles)
-    assert (full.image.image_size, full.train.epochs, quick.image.image_size, quick.train.epochs) == (128, 10, 64, 6)
+    assert (full.image.image_size, full.train.epochs, quick.image.image_size, quick.train.epochs) == (160, 10, 64, 6)
     assert (full.model, full.loss, full.batches, full.optimizer) == (quick.model, quick.loss, quick.batches, quick.optimizer)
     assert full.train.augment and full.model.head == "gap"
     validate_model_settings(full.model.backbone, full.model.cut_layer, full.image.image_size)
