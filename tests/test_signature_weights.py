@@ -251,6 +251,22 @@ def test_pretrain_backbone_smoke_writes_shipped_files_that_install(tmp_path):
     assert sorted(path.name for path in installed) == ["resnet50-signatures.card.json", "resnet50-signatures.h5",
                                                        "resnet50-signatures.md"]
     assert shipped_weights("resnet50", tmp_path / "package-weights").sha256 == shipped.sha256
+
+    # a second stage from the first run: its card keeps the first stage and repeats its command before its own
+    result = run_experiment_script("pretrain_backbone.py", "--profile", "smoke", "--weights", run, "--runs",
+                                   tmp_path / "runs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    second_run = (tmp_path / "runs" / "pretrain-backbone" / "latest").resolve()
+    second = read_shipped(second_run / "shipped" / "resnet50-signatures.h5").card
+    assert second["sha256"] != card["sha256"] and str(run) in second["recipe"]["start"]
+    assert second["earlier_stages"] == [{key: card[key] for key in ("sha256", "data", "recipe", "run")}]
+    first_commands = card["reproduce"].removesuffix(" && make ship-weights RUN=runs/pretrain-backbone/<run id>")
+    assert second["reproduce"] == (
+        f'{first_commands} && make pretrain-backbone PROFILE=smoke ARGS="--weights runs/pretrain-backbone/<stage 1 '
+        'run id>" && make ship-weights RUN=runs/pretrain-backbone/<run id>')
+    markdown = (second_run / "shipped" / "resnet50-signatures.md").read_text()
+    assert "## Recipe (stage 2 of 2)" in markdown and "## Stage 1 of 2" in markdown
+    assert markdown.count(card["sha256"]) == 1 and markdown.count(second["sha256"]) == 1
     shutil.rmtree(run / "shipped")
     with pytest.raises(ConfigError, match="no shipped weights"):
         install_shipped_weights(run, tmp_path / "elsewhere")
@@ -270,3 +286,17 @@ def test_pretrain_backbone_settings_are_checked_before_any_work():
     config = build_config("pretrain-backbone", "full", profiles)
     assert (config.pretrain.method, config.pretrain.unlabelled, config.pretrain.synthetic_writers,
             config.model.cut_layer) == ("simclr", "synthetic", 5000, "conv4_block6_add")
+
+
+def test_the_reproducing_command_names_a_start_without_a_card():
+    """A start that is not an earlier stage's file (a weights file, ImageNet) is passed on as it was given; the default
+    (random) start needs no flag."""
+    from sigverify.pretrain.shipping import reproducing_command
+    from sigverify.settings import build_config
+    from tests.conftest import load_recipe
+
+    profiles = load_recipe("pretrain_backbone").PROFILES
+    config = build_config("pretrain-backbone", "full", profiles, {"model": {"weights": "imagenet"}})
+    assert reproducing_command(config) == ('make pretrain-backbone PROFILE=full ARGS="--weights imagenet" && make '
+                                           'ship-weights RUN=runs/pretrain-backbone/<run id>')
+    assert "ARGS" not in reproducing_command(build_config("pretrain-backbone", "full", profiles))

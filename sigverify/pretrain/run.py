@@ -24,6 +24,7 @@ from sigverify.models.backbones import validate_model_settings
 from sigverify.models.embedding import build_embedding_model
 from sigverify.models.weights import PRETRAINED_INFO_FILE, PRETRAINED_WEIGHTS_FILE, build_cut_backbone, resolve_weights
 from sigverify.pretrain.models import build_frozen_features_model, build_moco_model, build_simclr_model
+from sigverify.pretrain.shipping import start_card
 from sigverify.pretrain.sources import PretrainingImages, pretraining_images
 from sigverify.reporting.run_files import training_facts, write_run_files
 from sigverify.runs import RunFolder, write_json
@@ -192,7 +193,8 @@ def pretrain_and_report(run: RunFolder, config: ExperimentConfig, prepared: Pret
             "cut_layer": model_settings.cut_layer, "image_size": config.image.image_size, "images": images.description,
             "n_images": len(images.images), "epochs": pretraining_config.train.epochs,
             "batch_size": pretraining_config.batches.batch_size, "start": start_description, "run": str(run.path.resolve()),
-            "dataset": base.data.dataset, "dataset_writers": images.dataset_writers}
+            "dataset": base.data.dataset, "dataset_writers": images.dataset_writers,
+            "start_card": start_card(weights, model_settings.backbone)}
     save_backbone(run, setup.backbone, info)
     facts = training_facts(
         base.engine, features, f"pretrained by {method_name} in this run (from {start_description})",

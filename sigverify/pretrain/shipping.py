@@ -19,6 +19,7 @@ from sigverify.models.signature_weights import (
     WEIGHTS_DIR,
     card_path,
     load_backbone_weights,
+    shipped_weights,
     write_backbone_weights,
 )
 from sigverify.models.weights import PRETRAINED_INFO_FILE, build_cut_backbone
@@ -28,12 +29,29 @@ from sigverify.settings import ExperimentConfig
 
 SHIPPED_FOLDER = "shipped"  # in the pretraining run folder
 MAX_SHIPPED_BYTES = 20 * 1024 * 1024
+SHIP_COMMAND = "make ship-weights RUN=runs/pretrain-backbone/<run id>"
+
+
+def shipped_name(backbone: str) -> str:
+    return SHIPPED_NAMES.get(backbone, f"{backbone}-signatures")
+
+
+def start_card(weights: str | None, backbone: str) -> dict | None:
+    """The model card of a pretraining start that has one (the shipped file, or a pretrain-backbone run folder), so that
+    a file pretrained in stages records each earlier stage and the commands that train it."""
+    if weights == "signatures":
+        shipped = shipped_weights(backbone)
+        return shipped.card if shipped is not None else None
+    if weights and Path(weights).is_dir():
+        card = card_path(Path(weights) / SHIPPED_FOLDER / f"{shipped_name(backbone)}.h5")
+        return json.loads(card.read_text()) if card.is_file() else None
+    return None
 
 
 def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: dict, test_images: np.ndarray) -> Path:
     """run/shipped/<name>.h5 (the run's backbone in float16), its card (.card.json) and the card as Markdown."""
     model_settings = config.model
-    name = SHIPPED_NAMES.get(model_settings.backbone, f"{model_settings.backbone}-signatures")
+    name = shipped_name(model_settings.backbone)
     folder = run.file(SHIPPED_FOLDER)
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}.h5"
@@ -54,6 +72,7 @@ def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: di
     finally:
         keras.mixed_precision.set_dtype_policy(training_policy)
     info = json.loads(run.file(PRETRAINED_INFO_FILE).read_text())
+    start = info.get("start_card")
     card = {
         "name": name, "file": path.name, "sha256": sha256, "bytes": path.stat().st_size,
         "format": "float16 HDF5, one group per layer (sigverify.models.signature_weights)",
@@ -68,7 +87,7 @@ def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: di
                    "batch_size": info["batch_size"], "learning_rate": config.pretrain.pretrain_learning_rate,
                    "schedule": "cosine", "augment_strength": config.pretrain.augment_strength,
                    "precision": config.devices.precision, "start": info["start"]},
-        "reproduce": reproducing_command(config),
+        "reproduce": reproducing_command(config, start),
         "run": {"profile": config.profile, "seed": config.train.seed,
                 "train_seconds": round(float(metrics.get("train_seconds") or 0.0)), "machine": _machine(),
                 "epoch_losses": [round(loss, 4) for loss in _epoch_losses(run)]},
@@ -77,14 +96,18 @@ def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: di
                     f"{Path(str(metrics.get('dataset'))).name} test writers": _figures_of(metrics),
                     "the same model untrained, and raw pixels (max accuracy)": metrics.get("reference_points")},
     }
+    if start is not None:
+        card["earlier_stages"] = [*start.get("earlier_stages", []),
+                                  {key: start[key] for key in ("sha256", "data", "recipe", "run")}]
     write_json(card_path(path), card)
     write_text(folder / f"{name}.md", model_card_markdown(card))
     return path
 
 
-def reproducing_command(config: ExperimentConfig) -> str:
-    """The make command that trains the same file (the data only chooses the evaluation writers of the card's
-    figures: pretraining sees synthetic writers alone)."""
+def reproducing_command(config: ExperimentConfig, start: dict | None = None) -> str:
+    """The make commands that train the same file (the data only chooses the evaluation writers of the card's
+    figures: pretraining sees synthetic writers alone). A run started from an earlier stage's file (`start`, its card)
+    repeats that stage's commands first and starts from their run folder."""
     flags = [f"PROFILE={config.profile}"]
     if config.data.data:
         flags.append(f"DATA={config.data.data}")
@@ -92,7 +115,14 @@ def reproducing_command(config: ExperimentConfig) -> str:
         flags.append(f"PRECISION={config.devices.precision}")
     if config.train.seed:
         flags.append(f"SEED={config.train.seed}")
-    return f"make pretrain-backbone {' '.join(flags)} && make ship-weights RUN=runs/pretrain-backbone/<run id>"
+    earlier = []
+    if start is not None:
+        earlier = [start["reproduce"].removesuffix(f" && {SHIP_COMMAND}")]
+        stage = len(start.get("earlier_stages", [])) + 1  # the start's own stage
+        flags.append(f'ARGS="--weights runs/pretrain-backbone/<stage {stage} run id>"')
+    elif config.model.weights not in (None, "none"):
+        flags.append(f'ARGS="--weights {config.model.weights}"')
+    return " && ".join([*earlier, f"make pretrain-backbone {' '.join(flags)}", SHIP_COMMAND])
 
 
 def _machine() -> str:
@@ -126,8 +156,12 @@ def _figures_of(metrics: dict) -> dict:
             if isinstance(metrics.get(pair_set), dict)}
 
 
+def _recipe_table(recipe: dict) -> str:
+    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in recipe.items())
+
+
 def model_card_markdown(card: dict) -> str:
-    recipe = "\n".join(f"| {key} | {value} |" for key, value in card["recipe"].items())
+    stages = card.get("earlier_stages", [])
     figures = "\n".join(f"- {where}: {json.dumps(values)}" for where, values in card["figures"].items())
     return f"""# {card['name']}
 
@@ -143,16 +177,31 @@ only. `--weights signatures` loads it (and `--weights auto` where ImageNet canno
   {card['run']['machine']}; loss per epoch {card['run']['epoch_losses']}
 - float16 storage: {json.dumps(card['float16_loss'])}
 
-## Recipe
+## Recipe{f" (stage {len(stages) + 1} of {len(stages) + 1})" if stages else ""}
 
-| setting | value |
-|---|---|
-{recipe}
+{_recipe_table(card["recipe"])}
 
-## Figures
+{_earlier_stages_markdown(stages)}## Figures
 
 {figures}
 """
+
+
+def _earlier_stages_markdown(stages: list[dict]) -> str:
+    """The stages before this file's recipe, each from the file it wrote (earliest first), for a card's Markdown."""
+    sections = []
+    for number, stage in enumerate(stages, start=1):
+        sections.append(f"""## Stage {number} of {len(stages) + 1}
+
+- Its file, the start of stage {number + 1}: sha256 `{stage['sha256']}`
+- Data: {stage['data']}
+- Trained: profile {stage['run']['profile']}, seed {stage['run']['seed']}, {stage['run']['train_seconds']} s on
+  {stage['run']['machine']}; loss per epoch {stage['run']['epoch_losses']}
+
+{_recipe_table(stage['recipe'])}
+
+""")
+    return "".join(sections)
 
 
 def install_shipped_weights(run_dir: Path, destination: Path = WEIGHTS_DIR) -> list[Path]:
