@@ -126,6 +126,8 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
             write_yaml(run.file(CONFIG_FILE), config.to_dict())
         print(f"{'run' if chief else 'worker scratch'} folder: {run.path}", file=sys.stderr)
         metrics = body(run, config, prepared)
+        if _signals_received:  # library code that checks for signals swallowed the handler's exception: stop anyway
+            raise Interrupted(_signals_received[-1])
         run.finish()
         print(f"done: {run.path}", file=sys.stderr)
         _print_summary(metrics)

@@ -261,6 +261,32 @@ def test_a_refusal_found_in_the_run_leaves_no_run_folder(triplet_in_process, tin
     assert not run_folders(tmp_path / "runs")
 
 
+def test_a_signal_swallowed_inside_library_code_still_ends_the_run_interrupted(tiny_dataset, tmp_path, monkeypatch):
+    """A handler's exception raised inside code that catches everything (C code that checks for signals and clears the
+    error) is lost, but the signal is not: the run ends interrupted with the signal's exit code, not complete."""
+    from sigverify.experiment import Interrupted, run_experiment
+    from tests.conftest import load_recipe
+
+    recipe = load_recipe("triplet")
+    monkeypatch.setenv("SIGVERIFY_CACHE", str(tmp_path / "cache"))
+    swallowed = []
+
+    def swallowing_body(run, config, prepared):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs here and raises
+        except Interrupted as error:
+            swallowed.append(error)
+        return {}
+
+    previous = signal.getsignal(signal.SIGTERM)
+    code = run_experiment("triplet", recipe.PROFILES, recipe.prepare, swallowing_body,
+                          argv=["--profile", "smoke", "--data", str(tiny_dataset), "--runs", str(tmp_path / "runs")])
+    assert len(swallowed) == 1 and code == 143 and signal.getsignal(signal.SIGTERM) is previous
+    status = json.loads(next((tmp_path / "runs" / "triplet").glob("2*/status.json")).read_text())
+    assert status["status"] == "interrupted" and "SIGTERM" in status["message"]
+
+
 def test_sigterm_marks_the_run_interrupted_and_exits_143(tiny_dataset, tmp_path):
     env = dict(os.environ, SIGVERIFY_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen([sys.executable, str(REPO / "experiments" / "triplet.py"), "--profile", "smoke", "--data",
