@@ -180,6 +180,7 @@ def pretrain_and_report(run: RunFolder, config: ExperimentConfig, prepared: Pret
     feed = pretraining_feed(config, images)
     with base.engine.scope():
         weights, start_description = resolve_weights(model_settings.weights, model_settings.backbone)
+        start = start_card(weights, model_settings.backbone)  # read before training: a bad card loses no work
         setup = build_pretraining_model(config, weights)
         optimizer = make_optimizer(pretraining_config.optimizer, pretraining_config.train.epochs, feed.steps())
         features = build_frozen_features_model(setup.backbone)
@@ -194,7 +195,7 @@ def pretrain_and_report(run: RunFolder, config: ExperimentConfig, prepared: Pret
             "n_images": len(images.images), "epochs": pretraining_config.train.epochs,
             "batch_size": pretraining_config.batches.batch_size, "start": start_description, "run": str(run.path.resolve()),
             "dataset": base.data.dataset, "dataset_writers": images.dataset_writers,
-            "start_card": start_card(weights, model_settings.backbone)}
+            "start_card": start}
     save_backbone(run, setup.backbone, info)
     facts = training_facts(
         base.engine, features, f"pretrained by {method_name} in this run (from {start_description})",

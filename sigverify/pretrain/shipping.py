@@ -19,6 +19,7 @@ from sigverify.models.signature_weights import (
     WEIGHTS_DIR,
     card_path,
     load_backbone_weights,
+    read_shipped,
     shipped_weights,
     write_backbone_weights,
 )
@@ -43,8 +44,8 @@ def start_card(weights: str | None, backbone: str) -> dict | None:
         shipped = shipped_weights(backbone)
         return shipped.card if shipped is not None else None
     if weights and Path(weights).is_dir():
-        card = card_path(Path(weights) / SHIPPED_FOLDER / f"{shipped_name(backbone)}.h5")
-        return json.loads(card.read_text()) if card.is_file() else None
+        path = Path(weights) / SHIPPED_FOLDER / f"{shipped_name(backbone)}.h5"
+        return read_shipped(path).card if path.is_file() else None
     return None
 
 
@@ -162,6 +163,7 @@ def _recipe_table(recipe: dict) -> str:
 
 def model_card_markdown(card: dict) -> str:
     stages = card.get("earlier_stages", [])
+    stage_of_recipe = f" (stage {len(stages) + 1} of {len(stages) + 1})" if stages else ""
     figures = "\n".join(f"- {where}: {json.dumps(values)}" for where, values in card["figures"].items())
     return f"""# {card['name']}
 
@@ -177,7 +179,7 @@ only. `--weights signatures` loads it (and `--weights auto` where ImageNet canno
   {card['run']['machine']}; loss per epoch {card['run']['epoch_losses']}
 - float16 storage: {json.dumps(card['float16_loss'])}
 
-## Recipe{f" (stage {len(stages) + 1} of {len(stages) + 1})" if stages else ""}
+## Recipe{stage_of_recipe}
 
 {_recipe_table(card["recipe"])}
 
