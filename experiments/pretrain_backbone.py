@@ -23,8 +23,9 @@ from sigverify.settings import with_base
 from sigverify.steps import prepare_experiment
 
 # smoke: seconds, for tests. quick: about 10 minutes on a 2-core CPU. full: the shipped file, 5,000 writers (120,000
-# images), 3,200 batches of 64 images (two views each) at 64×64 (the quick profile's image size): 66 minutes on a 2-core
-# AMD EPYC with native bfloat16 (PRECISION=mixed_bfloat16, other work beside it), about twice that in float32.
+# images), 3,200 batches of 64 images (two views each) at 64×64 (the triplet quick profile's image size then; it is
+# 96×96 now): 66 minutes on a 2-core AMD EPYC with native bfloat16 (PRECISION=mixed_bfloat16, other work beside it),
+# about twice that in float32.
 BACKBONE_PRETRAINING = {
     "smoke": {"data": {"max_writers": 4, "max_samples": 6}, "image": {"image_size": 64},
               "pretrain": {"pretrain_epochs": 2, "pretrain_steps_per_epoch": 2, "pretrain_batch_size": 16,
