@@ -23,9 +23,9 @@ from sigverify.steps import prepare_experiment, train_and_report
 # honest accuracy): at 64×64 the conv head at 1e-3 with the backbone at a tenth gave 0.710 / 0.676 and 0.670 / 0.612
 # on folds 0 and 1, the gap head at the same rates 0.712 / 0.710 on fold 0, the gap head at 1e-4 for 6 epochs 0.718 /
 # 0.713, 0.684 / 0.667, 0.697 / 0.660 and 0.739 / 0.677 on folds 0 to 3 (4 epochs: 0.699 / 0.695 and 0.671 / 0.668 on
-# folds 0 and 1). 96×96 for 4 epochs costs what 64×64 for 6 does (an epoch 1.5× as long) and gave 0.725 / 0.720,
-# 0.702 / 0.695, 0.728 / 0.710 and 0.727 / 0.694 (mean 0.721 / 0.705 against 0.710 / 0.679; honest accuracy higher on
-# every fold).
+# folds 0 and 1). 96×96 for 4 epochs trains in about the time of 64×64 for 6 (an epoch 1.5× as long) and gave 0.725 /
+# 0.720, 0.702 / 0.695, 0.728 / 0.710 and 0.727 / 0.694 (mean 0.721 / 0.705 against 0.710 / 0.679; honest accuracy
+# higher on every fold).
 # full: the quick recipe at 160×160 for 10 epochs on the post's Small ResNet50 + skip backbone, about 28 minutes on a
 # 2-core CPU. On validation folds 0 and 1, against 64×64 for 6 epochs: 10 epochs at 96×96 0.741 / 0.731 and 0.713 /
 # 0.635, 128×128 0.777 / 0.761 and 0.745 / 0.720, 160×160 0.801 / 0.775 and 0.761 / 0.743; on fold 0 16 epochs at
