@@ -79,7 +79,8 @@ exp-pretrain: install
 exp-pretrain-compare: install
 	$(PY) experiments/pretrain_compare.py $(EXPERIMENT_FLAGS) $(if $(STARTS),--starts $(STARTS)) $(if $(UNLABELLED),--unlabelled $(UNLABELLED))
 
-# The shipped signature-pretrained backbone (sigverify/weights/): PROFILE=full trains the shipped file (resumable:
+# The shipped signature-pretrained backbones (sigverify/weights/): PROFILE=full trains the shipped ResNet50 file, and with
+# ARGS="--backbone vgg16 --cut-layer block3_conv1 --pretrain-steps-per-epoch 150" the VGG16 one (resumable:
 # RESUME=runs/pretrain-backbone/<id>); then make ship-weights RUN=<that run> installs it with its model card.
 pretrain-backbone: install
 	$(PY) experiments/pretrain_backbone.py $(EXPERIMENT_FLAGS)

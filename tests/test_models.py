@@ -112,11 +112,15 @@ def test_local_weights_file_is_loaded_into_the_backbone(tmp_path):
         build_embedding_model("vgg16", "block2_conv1", 32, weights=str(not_weights))
 
 
-def test_auto_weights_fall_back_to_random_when_imagenet_cannot_be_fetched(monkeypatch):
+def test_auto_weights_fall_back_to_random_when_imagenet_cannot_be_fetched(monkeypatch, tmp_path):
+    """Where ImageNet cannot be fetched and the package ships no file for the backbone (an empty weights folder)."""
+    from sigverify.models.signature_weights import shipped_weights
+
     def offline(*args, **kwargs):
         raise OSError("URL fetch failure on https://example.invalid/vgg16.h5: None -- no network")
 
     monkeypatch.setattr(keras.src.utils.file_utils, "get_file", offline)
+    monkeypatch.setattr(weights_module, "shipped_weights", lambda backbone: shipped_weights(backbone, tmp_path))
     weights_module._imagenet_download_error.cache_clear()
     try:
         with pytest.warns(UserWarning, match="random initialisation"):

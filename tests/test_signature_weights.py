@@ -296,7 +296,23 @@ def test_the_reproducing_command_names_a_start_without_a_card():
     from tests.conftest import load_recipe
 
     profiles = load_recipe("pretrain_backbone").PROFILES
+    full = build_config("pretrain-backbone", "full", profiles)
     config = build_config("pretrain-backbone", "full", profiles, {"model": {"weights": "imagenet"}})
-    assert reproducing_command(config) == ('make pretrain-backbone PROFILE=full ARGS="--weights imagenet" && make '
-                                           'ship-weights RUN=runs/pretrain-backbone/<run id>')
-    assert "ARGS" not in reproducing_command(build_config("pretrain-backbone", "full", profiles))
+    assert reproducing_command(config, full) == ('make pretrain-backbone PROFILE=full ARGS="--weights imagenet" && '
+                                                 'make ship-weights RUN=runs/pretrain-backbone/<run id>')
+    assert "ARGS" not in reproducing_command(full, full)
+
+
+def test_the_reproducing_command_gives_the_settings_the_profile_does_not():
+    """A file trained with settings of its own (another backbone, fewer steps) is reproduced with them, as flags."""
+    from sigverify.pretrain.shipping import reproducing_command
+    from sigverify.settings import build_config
+    from tests.conftest import load_recipe
+
+    profiles = load_recipe("pretrain_backbone").PROFILES
+    config = build_config("pretrain-backbone", "full", profiles, {
+        "model": {"backbone": "vgg16", "cut_layer": "block3_conv1"}, "image": {"binarize": False},
+        "pretrain": {"pretrain_steps_per_epoch": 150}})
+    assert reproducing_command(config, build_config("pretrain-backbone", "full", profiles)) == (
+        'make pretrain-backbone PROFILE=full ARGS="--no-binarize --backbone vgg16 --cut-layer block3_conv1 '
+        '--pretrain-steps-per-epoch 150" && make ship-weights RUN=runs/pretrain-backbone/<run id>')

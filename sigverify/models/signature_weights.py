@@ -25,7 +25,7 @@ from sigverify.errors import ConfigError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 FORMAT = "sigverify-backbone-weights/1"
-SHIPPED_NAMES = {"resnet50": "resnet50-signatures"}  # backbone → file stem under WEIGHTS_DIR
+SHIPPED_NAMES = {"resnet50": "resnet50-signatures", "vgg16": "vgg16-signatures"}  # backbone → file stem under WEIGHTS_DIR
 
 
 @dataclass(frozen=True)

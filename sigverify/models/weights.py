@@ -13,7 +13,7 @@ import keras
 
 from sigverify.errors import ConfigError
 from sigverify.models.backbones import check_cut_layer, cut_layer_names_of, get_backbone, signature_input
-from sigverify.models.signature_weights import load_backbone_weights, shipped_weights
+from sigverify.models.signature_weights import SHIPPED_NAMES, load_backbone_weights, shipped_weights
 
 WEIGHTS_CHOICES = "auto, imagenet, signatures, none, a pretraining run folder (make exp-pretrain), or the path to a weights file of the backbone"
 # What a pretraining run folder (make exp-pretrain) holds: the backbone up to its cut layer, and what made it.
@@ -63,7 +63,7 @@ def resolve_weights(requested: str | None, backbone: str) -> tuple[str | None, s
         shipped = shipped_weights(backbone)
         if shipped is None:
             raise ConfigError(f"weights: signatures: no signature-pretrained weights are shipped for {backbone}; "
-                              f"expected a backbone with shipped weights (resnet50), or {WEIGHTS_CHOICES}")
+                              f"expected a backbone with shipped weights ({', '.join(SHIPPED_NAMES)}), or {WEIGHTS_CHOICES}")
         return "signatures", shipped.describe()
     if choice.lower() == "imagenet":
         error = _imagenet_download_error(backbone)

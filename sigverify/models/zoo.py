@@ -61,6 +61,8 @@ MODEL_ZOO = {
                                     reported_max_accuracy=0.693, reported_eer=0.315),
     "signatures_resnet50": ZooModel("pretrained", "signature-pretrained ResNet50 + GAP, no fine-tuning", "resnet50",
                                     "conv4_block6_add", weights="signatures"),
+    "signatures_vgg16": ZooModel("pretrained", "signature-pretrained VGG16 up to block3_conv1 + GAP, no fine-tuning",
+                                 "vgg16", "block3_conv1", weights="signatures"),
     "contrastive_resnet50": ZooModel("contrastive", "contrastive loss, frozen ResNet50", "resnet50",
                                      reported_max_accuracy=0.728),
 }

@@ -4,6 +4,7 @@ run folder by make pretrain-backbone), and installed into the package's weights 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -49,8 +50,10 @@ def start_card(weights: str | None, backbone: str) -> dict | None:
     return None
 
 
-def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: dict, test_images: np.ndarray) -> Path:
-    """run/shipped/<name>.h5 (the run's backbone in float16), its card (.card.json) and the card as Markdown."""
+def export_shipped_weights(run: RunFolder, config: ExperimentConfig, profile_config: ExperimentConfig, metrics: dict,
+                           test_images: np.ndarray) -> Path:
+    """run/shipped/<name>.h5 (the run's backbone in float16), its card (.card.json) and the card as Markdown;
+    `profile_config`: the settings of the run's profile alone, from which the card's command adds the run's own."""
     model_settings = config.model
     name = shipped_name(model_settings.backbone)
     folder = run.file(SHIPPED_FOLDER)
@@ -88,7 +91,7 @@ def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: di
                    "batch_size": info["batch_size"], "learning_rate": config.pretrain.pretrain_learning_rate,
                    "schedule": "cosine", "augment_strength": config.pretrain.augment_strength,
                    "precision": config.devices.precision, "start": info["start"]},
-        "reproduce": reproducing_command(config, start),
+        "reproduce": reproducing_command(config, profile_config, start),
         "run": {"profile": config.profile, "seed": config.train.seed,
                 "train_seconds": round(float(metrics.get("train_seconds") or 0.0)), "machine": _machine(),
                 "epoch_losses": [round(loss, 4) for loss in _epoch_losses(run)]},
@@ -105,10 +108,11 @@ def export_shipped_weights(run: RunFolder, config: ExperimentConfig, metrics: di
     return path
 
 
-def reproducing_command(config: ExperimentConfig, start: dict | None = None) -> str:
+def reproducing_command(config: ExperimentConfig, profile_config: ExperimentConfig, start: dict | None = None) -> str:
     """The make commands that train the same file (the data only chooses the evaluation writers of the card's
-    figures: pretraining sees synthetic writers alone). A run started from an earlier stage's file (`start`, its card)
-    repeats that stage's commands first and starts from their run folder."""
+    figures: pretraining sees synthetic writers alone): the profile, and a flag for each setting of the recipe that
+    differs from what the profile alone gives (`profile_config`). A run started from an earlier stage's file (`start`,
+    its card) repeats that stage's commands first and starts from their run folder."""
     flags = [f"PROFILE={config.profile}"]
     if config.data.data:
         flags.append(f"DATA={config.data.data}")
@@ -116,14 +120,32 @@ def reproducing_command(config: ExperimentConfig, start: dict | None = None) -> 
         flags.append(f"PRECISION={config.devices.precision}")
     if config.train.seed:
         flags.append(f"SEED={config.train.seed}")
+    arguments = _recipe_flags(config, profile_config)
     earlier = []
     if start is not None:
         earlier = [start["reproduce"].removesuffix(f" && {SHIP_COMMAND}")]
         stage = len(start.get("earlier_stages", [])) + 1  # the start's own stage
-        flags.append(f'ARGS="--weights runs/pretrain-backbone/<stage {stage} run id>"')
+        arguments.append(f"--weights runs/pretrain-backbone/<stage {stage} run id>")
     elif config.model.weights not in (None, "none"):
-        flags.append(f'ARGS="--weights {config.model.weights}"')
+        arguments.append(f"--weights {config.model.weights}")
+    if arguments:
+        flags.append(f'ARGS="{" ".join(arguments)}"')
     return " && ".join([*earlier, f"make pretrain-backbone {' '.join(flags)}", SHIP_COMMAND])
+
+
+def _recipe_flags(config: ExperimentConfig, profile_config: ExperimentConfig) -> list[str]:
+    """The command-line flags of the image, model and pretraining settings (the weights aside) in which `config`
+    differs from `profile_config`."""
+    flags = []
+    for section in ("image", "model", "pretrain"):
+        given, default = getattr(config, section), getattr(profile_config, section)
+        for setting in dataclasses.fields(given):
+            value = getattr(given, setting.name)
+            if setting.name == "weights" or value == getattr(default, setting.name):
+                continue
+            flag = setting.name.replace("_", "-")
+            flags.append(f"--{'' if value else 'no-'}{flag}" if isinstance(value, bool) else f"--{flag} {value}")
+    return flags
 
 
 def _machine() -> str:
