@@ -173,6 +173,10 @@ def test_every_shipped_file_matches_its_card_and_loads_into_the_models_it_claims
         assert compared > 0, name
 
 
+def test_the_shipped_files_hold_at_most_40_mb_in_all():
+    assert sum(path.stat().st_size for path in WEIGHTS_DIR.glob("*.h5")) <= 40 * 1024 * 1024
+
+
 def _all_layers(model):
     """The layers of `model` and of the models nested in it (the contrastive model holds its backbone as one layer)."""
     for layer in model.layers:
