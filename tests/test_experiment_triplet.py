@@ -105,7 +105,7 @@ def test_full_profile_is_the_quick_recipe_longer_and_bigger_and_the_triplet_expe
 
     profiles = load_recipe("triplet").PROFILES
     quick, full = build_config("triplet", "quick", profiles), build_config("triplet", "full", profiles)
-    assert (full.image.image_size, full.train.epochs, quick.image.image_size, quick.train.epochs) == (160, 10, 96, 4)
+    assert (full.image.image_size, full.train.epochs, quick.image.image_size, quick.train.epochs) == (160, 10, 96, 3)
     assert (full.model, full.loss, full.batches, full.optimizer) == (quick.model, quick.loss, quick.batches, quick.optimizer)
     assert full.train.augment and full.model.head == "gap"
     validate_model_settings(full.model.backbone, full.model.cut_layer, full.image.image_size)
