@@ -90,7 +90,7 @@ ship-weights: install
 	$(VENV)/bin/sigverify weights install $(RUN)
 
 test: install
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -rs --durations=15
 
 # Training speed of the blog profile on the JAX backend (float32 and mixed_bfloat16: images/s, TFLOP/s, peak memory).
 # BENCH_ARGS="--loss-sweep --profile-step" adds the loss at B = 1024..16384 and a step's parts; on a CPU pass a small
