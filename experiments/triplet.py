@@ -28,9 +28,10 @@ from sigverify.steps import prepare_experiment, train_and_report
 # higher on every fold), but took 12 minutes wall on a 2-core AMD EPYC; 3 epochs at 96×96 gave 0.716 / 0.714 and
 # 0.704 / 0.697 on folds 0 and 1 (mean 0.710 / 0.706 against 0.714 / 0.708) in three quarters of the training time.
 # full: the quick recipe at 160×160 for 10 epochs on the post's Small ResNet50 + skip backbone, about 28 minutes on a
-# 2-core CPU. On validation folds 0 and 1, against 64×64 for 6 epochs: 10 epochs at 96×96 0.741 / 0.731 and 0.713 /
-# 0.635, 128×128 0.777 / 0.761 and 0.745 / 0.720, 160×160 0.801 / 0.775 and 0.761 / 0.743; on fold 0 16 epochs at
-# 64×64 0.722 / 0.656 (bigger images pay, longer training alone does not), the conv head at 128×128 0.714 / 0.633.
+# 2-core Intel Xeon with AMX (not measured on a 2-core AMD EPYC, where training steps take about 2.5× as long). On
+# validation folds 0 and 1, against 64×64 for 6 epochs: 10 epochs at 96×96 0.741 / 0.731 and 0.713 / 0.635, 128×128
+# 0.777 / 0.761 and 0.745 / 0.720, 160×160 0.801 / 0.775 and 0.761 / 0.743; on fold 0 16 epochs at 64×64 0.722 / 0.656
+# (bigger images pay, longer training alone does not), the conv head at 128×128 0.714 / 0.633.
 # blog: the post's protocol (224×224, batch 64, 25 epochs, ExponentialDecay(10, 0.7)): the settings' defaults.
 QUICK = {
     "image": {"image_size": 96},
