@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import logging
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import keras
 
 from sigverify.data.preprocess import default_cache_dir
 from sigverify.errors import ConfigError, SigverifyError
+from sigverify.interrupts import Interrupted, handling_interrupts, interrupt_received
 from sigverify.runs import CONFIG_FILE, STATUS_FILE, RunFolder, check_resumable, write_yaml
 from sigverify.settings import (
     ExperimentConfig,
@@ -31,22 +31,6 @@ log = logging.getLogger("sigverify")
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 3
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM during a run."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
-
-
-_signals_received: list[int] = []
-
-
-def _raise_interrupted(signum, frame):
-    _signals_received.append(signum)
-    raise Interrupted(signum)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -103,11 +87,10 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    _signals_received.clear()
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
-    run = None
+    run = config = None
     chief, created = True, False
     stack = contextlib.ExitStack()
+    stack.enter_context(handling_interrupts())
     try:
         config = parse_config(experiment, profiles, argv, description)
         check_writable(Path(config.runs), "--runs")
@@ -126,8 +109,8 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
             write_yaml(run.file(CONFIG_FILE), config.to_dict())
         print(f"{'run' if chief else 'worker scratch'} folder: {run.path}", file=sys.stderr)
         metrics = body(run, config, prepared)
-        if _signals_received:  # library code that checks for signals swallowed the handler's exception: stop anyway
-            raise Interrupted(_signals_received[-1])
+        if interrupt_received():  # library code that checks for signals swallowed the handler's exception: stop anyway
+            raise Interrupted(interrupt_received())
         run.finish()
         print(f"done: {run.path}", file=sys.stderr)
         _print_summary(metrics)
@@ -146,15 +129,13 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:
-        if _signals_received:  # the signal's exception was raised inside C code (TensorFlow tracing) and came back as another
-            return _report_interruption(Interrupted(_signals_received[-1]), run, experiment, config, chief)
+        if interrupt_received():  # the signal's exception was raised inside C code (TensorFlow tracing) and came back as another
+            return _report_interruption(Interrupted(interrupt_received()), run, experiment, config, chief)
         if run is not None:
             run.set_status("failed", f"{type(error).__name__}: {error}")
         raise
     finally:
         stack.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _report_interruption(why: Interrupted, run, experiment: str, config, chief: bool) -> int:

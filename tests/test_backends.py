@@ -47,7 +47,8 @@ NEUTRAL_MODULES = ["sigverify.distances", "sigverify.losses", "sigverify.models.
                    "sigverify.verification.trained_run", "sigverify.verification.calibration",
                    "sigverify.verification.gallery", "sigverify.verification.search", "sigverify.verification.decisions",
                    "sigverify.verification.scoring", "sigverify.verification.evaluate", "sigverify.cli",
-                   "sigverify.models.signature_weights", "sigverify.data.synthetic_pool", "sigverify.pretrain.shipping"]
+                   "sigverify.models.signature_weights", "sigverify.data.synthetic_pool", "sigverify.pretrain.shipping",
+                   "sigverify.interrupts"]
 # The experiment scripts the JAX engine trains: imported (not run) with TensorFlow unimportable.
 NEUTRAL_SCRIPTS = ["experiments/triplet.py", "experiments/contrastive.py", "experiments/pretrain.py"]
 
@@ -147,9 +148,10 @@ def test_jax_run_refuses_to_resume_under_another_backend(jax_run, tmp_path):
 
 
 FIT_AND_RESUME = """
-import json, sys
+import json, os, signal, sys
 from pathlib import Path
 import keras, numpy as np
+from sigverify.interrupts import Interrupted, handling_interrupts
 from sigverify.losses import TripletSemiHardLoss, count_positive_pairs
 from sigverify.models.backbones import InputScaling
 from sigverify.training.engine import LabelledBatches, NonFiniteLoss
@@ -166,13 +168,18 @@ def batches_of_epoch(epoch):
     order = np.random.default_rng(epoch).permutation(24)
     return order.reshape(3, 8)
 
-def train(epochs, loss=TripletSemiHardLoss(), folder=run_dir):
+def sigterm_in_epoch_1(epoch):
+    if epoch == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return batches_of_epoch(epoch)
+
+def train(epochs, loss=TripletSemiHardLoss(), folder=run_dir, batches=batches_of_epoch):
     with OneDevice("cpu:0").scope():
         inputs = keras.Input((8, 8), dtype="uint8", name="images")
         scaled = InputScaling("caffe", name="input_scaling")(inputs)
         outputs = keras.layers.Dense(4, name="embedding")(keras.layers.Flatten(name="flatten")(scaled))
         model = keras.Model(inputs, outputs, name="tiny")
-        data = FeedBatches(LabelledBatches(images, labels, batches_of_epoch), workers=1)
+        data = FeedBatches(LabelledBatches(images, labels, batches), workers=1)
         validation = FeedBatches(LabelledBatches(images, labels, lambda epoch: np.arange(24).reshape(3, 8)), workers=1)
         return model, fit_keras(model, loss, keras.optimizers.Adam(1e-3), OneDevice("cpu:0"), folder, data, epochs,
                                 validation, batch_has_signal=lambda l: count_positive_pairs(l) > 0, verbose=0)
@@ -184,7 +191,14 @@ try:
     stopped = ""
 except NonFiniteLoss as error:
     stopped = str(error)
+interrupted = ""
+with handling_interrupts():
+    try:
+        train(50, folder=run_dir / "sigterm", batches=sigterm_in_epoch_1)
+    except Interrupted as error:
+        interrupted = str(error)
 print(json.dumps({"first": first.initial_epoch, "resumed": resumed.initial_epoch, "seen": seen, "stopped": stopped,
+                  "interrupted": interrupted, "interrupted_after": (run_dir / "sigterm" / "history.csv").read_text(),
                   "epochs": [int(e) for e in resumed.history["epoch"]], "val": len(resumed.history["val_loss"]),
                   "lr": resumed.history["learning_rate"][0], "uncompiled": not model.compiled}))
 """
@@ -193,7 +207,8 @@ print(json.dumps({"first": first.initial_epoch, "resumed": resumed.initial_epoch
 def test_fit_keras_resumes_from_the_last_checkpoint(tmp_path):
     """An epoch, then a second call in the same folder goes on from epoch 1: each epoch draws its own batches and
     history.csv holds every epoch once; the embedding model itself stays uncompiled (model.keras has no optimizer).
-    A NaN loss stops training with NonFiniteLoss."""
+    A NaN loss stops training with NonFiniteLoss; SIGTERM in epoch 1 of 50 stops it at a step boundary, with epoch 0 in
+    the history."""
     done = subprocess.run([sys.executable, "-c", FIT_AND_RESUME, str(tmp_path)], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env=backend_env("jax"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -203,6 +218,7 @@ def test_fit_keras_resumes_from_the_last_checkpoint(tmp_path):
     assert result["seen"][:5] == [0, 0, 0, 1, 2]  # each call draws epoch 0 when it starts; then the epochs it trains
     assert result["stopped"].startswith("epoch 1, batch 1: the training loss is nan; stopped")
     assert result["lr"] == pytest.approx(1e-3) and result["uncompiled"]
+    assert result["interrupted"] == "SIGTERM" and len(result["interrupted_after"].splitlines()) == 2  # header, epoch 0
 
 
 FEEDS_MATCH_TF_DATA = """

@@ -1,5 +1,5 @@
 """Reliability: identical results for the same seed with --deterministic, Ctrl-C leaves a resumable run marked
-interrupted, and model files that need unsafe deserialization are refused."""
+interrupted (in training, at a step boundary), and model files that need unsafe deserialization are refused."""
 
 import json
 import os
@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from sigverify.cli import main
+from sigverify.interrupts import Interrupted, handling_interrupts, stop_if_interrupted, stops_between_steps
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "triplet.py"
@@ -66,6 +67,30 @@ def test_ctrl_c_marks_the_run_interrupted_and_says_how_to_resume(dataset, tmp_pa
     assert f"--resume {run_dir}" in stderr and "Traceback" not in stderr
     assert (run_dir / "checkpoints" / "last").is_dir()
     assert not (tmp_path / "runs" / "triplet" / "latest").exists()
+
+
+def test_in_training_a_first_signal_waits_for_the_step_boundary_and_a_second_stops_at_once():
+    previous = signal.getsignal(signal.SIGINT)
+    reached = []
+    with handling_interrupts():
+        with pytest.raises(Interrupted, match="SIGINT"), stops_between_steps():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, and only records the signal
+            reached.append("the rest of the step")
+            stop_if_interrupted()
+            reached.append("the next step")
+        with pytest.raises(Interrupted, match="SIGTERM"), stops_between_steps():
+            os.kill(os.getpid(), signal.SIGTERM)  # the second signal
+            time.sleep(0.2)
+            reached.append("the rest of the second step")
+    assert reached == ["the rest of the step"]
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_a_training_loop_that_ends_with_a_signal_pending_raises_it():
+    with handling_interrupts(), pytest.raises(Interrupted, match="SIGTERM"), stops_between_steps():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the loop's last step: no boundary check follows
 
 
 def test_verify_refuses_a_model_that_needs_unsafe_deserialization(tmp_path, capsys):

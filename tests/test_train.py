@@ -1,7 +1,10 @@
 """The training loop: the loss reduction under a strategy (2 logical CPUs give the same update as one device on the
-same global batch), schedules, NaN stops, and resuming from the last checkpoint with every epoch once in the history."""
+same global batch), schedules, NaN stops, signals that stop it at a step boundary, and resuming from the last checkpoint
+with every epoch once in the history."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sigverify.interrupts import Interrupted, handling_interrupts
 from sigverify.settings import OptimizerSettings, TrainSettings
 from sigverify.training.engine import (
     BackboneRateAdam,
@@ -102,6 +106,23 @@ def test_non_finite_loss_stops_with_epoch_and_batch(tmp_path):
     trainer, _ = small_trainer(tmp_path, loss_fn=lambda y, out: keras.ops.mean(out) * np.float32("nan"))
     with pytest.raises(NonFiniteLoss, match="epoch 1, batch 1"):
         trainer.fit(data, epochs=1, steps_per_epoch=2, verbose=0)
+
+
+def test_sigint_while_the_next_epoch_is_built_stops_after_that_epochs_first_step(tmp_path):
+    """The signal arrives while epoch 1's dataset is built (where a raise in TensorFlow's callbacks into Python once
+    crashed the process); the loop stops at the step boundary after it, epoch 0 checkpointed and in the history."""
+    trainer, _ = small_trainer(tmp_path)
+
+    def batches(epoch):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return data(epoch)
+
+    with handling_interrupts(), pytest.raises(Interrupted, match="SIGINT"):
+        trainer.fit(batches, epochs=50, steps_per_epoch=2, verbose=0)
+    assert int(trainer.optimizer.iterations.numpy()) == 3, "epoch 0's two steps and epoch 1's first"
+    assert int(trainer.completed_epochs.numpy()) == 1 and read_history(tmp_path / "history.csv")["epoch"] == [0]
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints" / "last"))
 
 
 BACKBONE_RATE_SCRIPT = textwrap.dedent("""

@@ -264,7 +264,8 @@ def test_a_refusal_found_in_the_run_leaves_no_run_folder(triplet_in_process, tin
 def test_a_signal_swallowed_inside_library_code_still_ends_the_run_interrupted(tiny_dataset, tmp_path, monkeypatch):
     """A handler's exception raised inside code that catches everything (C code that checks for signals and clears the
     error) is lost, but the signal is not: the run ends interrupted with the signal's exit code, not complete."""
-    from sigverify.experiment import Interrupted, run_experiment
+    from sigverify.experiment import run_experiment
+    from sigverify.interrupts import Interrupted
     from tests.conftest import load_recipe
 
     recipe = load_recipe("triplet")

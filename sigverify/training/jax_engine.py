@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from sigverify.errors import ConfigError
+from sigverify.interrupts import stop_if_interrupted, stops_between_steps
 from sigverify.training.engine import (
     CHECKPOINT_DIR,
     HISTORY_FILE,
@@ -173,6 +174,13 @@ class _LearningRateAndFiniteLoss(keras.callbacks.Callback):
             logs["learning_rate"] = current_learning_rate(self.optimizer)
 
 
+class _StopBetweenSteps(keras.callbacks.Callback):
+    """Ends `fit` with `Interrupted` at the first step boundary after SIGINT or SIGTERM (`sigverify.interrupts`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        stop_if_interrupted()
+
+
 def completed_epochs(backup_dir: Path) -> int:
     """Epochs that BackupAndRestore's checkpoint holds (its training_metadata.json), 0 without one."""
     metadata = Path(backup_dir) / "training_metadata.json"
@@ -184,7 +192,8 @@ def fit_keras(model: keras.Model, loss_fn, optimizer, distribution: keras.distri
               batch_has_signal: Callable | None = None, verbose: int = 1) -> TrainResult:
     """Train `model` with `model.fit` under `distribution`, continuing from the run folder's last checkpoint if it has
     one. Callbacks: progress bar, CSVLogger (history.csv), BackupAndRestore (checkpoints/last, for resume), the best
-    validation weights (checkpoints/best), TensorBoard (tensorboard/) where TensorFlow is installed."""
+    validation weights (checkpoints/best), TensorBoard (tensorboard/) where TensorFlow is installed, and the stop at a
+    step boundary after SIGINT or SIGTERM."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = run_dir / CHECKPOINT_DIR
@@ -201,7 +210,7 @@ def fit_keras(model: keras.Model, loss_fn, optimizer, distribution: keras.distri
         trained.loss_variables = list(getattr(loss_fn, "trainable_variables", []))
         trained.compile(optimizer=optimizer, loss=loss_fn)
         epoch_batches = _EpochBatches(train_data, batch_has_signal)
-        callbacks = [epoch_batches, _LearningRateAndFiniteLoss(optimizer, backup_dir),
+        callbacks = [epoch_batches, _LearningRateAndFiniteLoss(optimizer, backup_dir), _StopBetweenSteps(),
                      keras.callbacks.CSVLogger(str(history_path), append=initial_epoch > 0),
                      keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)]
         if importlib.util.find_spec("tensorflow") is not None:
@@ -214,8 +223,9 @@ def fit_keras(model: keras.Model, loss_fn, optimizer, distribution: keras.distri
                 str(checkpoints / BEST_WEIGHTS), monitor="val_loss", save_best_only=True, save_weights_only=True,
                 initial_value_threshold=previous_best if math.isfinite(previous_best) else None, verbose=0))
         started = time.perf_counter()
-        trained.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, validation_data=validation_data,
-                    callbacks=callbacks, verbose=verbose)
+        with stops_between_steps():
+            trained.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, validation_data=validation_data,
+                        callbacks=callbacks, verbose=verbose)
         train_seconds = time.perf_counter() - started
     if epoch_batches.batches_without_signal:
         log.warning("%d training batches had no positive pair (loss 0 for them)", epoch_batches.batches_without_signal)

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from sigverify.errors import ConfigError
+from sigverify.interrupts import stop_if_interrupted, stops_between_steps
 from sigverify.losses import trainable_loss_variables
 from sigverify.training.engine import (
     CHECKPOINT_DIR,
@@ -149,28 +150,30 @@ class Trainer:
         started = time.perf_counter()
         batches_without_positives = 0
         callback_list.on_train_begin()
-        for epoch in range(initial_epoch, epochs):
-            callback_list.on_epoch_begin(epoch)
-            losses = []
-            dataset = self.strategy.experimental_distribute_dataset(train_batches(epoch))
-            for step, (inputs, targets) in enumerate(dataset):
-                callback_list.on_train_batch_begin(step)
-                loss, empty = self._train_step(inputs, targets)
-                loss = float(loss)
-                if not math.isfinite(loss):
-                    raise NonFiniteLoss.at(epoch, step, loss, int(self.completed_epochs.numpy()), self.last.directory)
-                batches_without_positives += int(float(empty))
-                losses.append(loss)
-                callback_list.on_train_batch_end(step, {"loss": loss})
-            logs = {"loss": float(np.mean(losses)), "learning_rate": current_learning_rate(self.optimizer)}
-            if validation_batches is not None:
-                logs["val_loss"] = self.evaluate_loss(validation_batches(epoch))
-            self.completed_epochs.assign(epoch + 1)
-            if validation_batches is not None and logs["val_loss"] < float(self.best_val_loss.numpy()):
-                self.best_val_loss.assign(logs["val_loss"])
-                self.best.save()
-            self.last.save()
-            callback_list.on_epoch_end(epoch, logs)
+        with stops_between_steps():
+            for epoch in range(initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
+                losses = []
+                dataset = self.strategy.experimental_distribute_dataset(train_batches(epoch))
+                for step, (inputs, targets) in enumerate(dataset):
+                    callback_list.on_train_batch_begin(step)
+                    loss, empty = self._train_step(inputs, targets)
+                    loss = float(loss)
+                    if not math.isfinite(loss):
+                        raise NonFiniteLoss.at(epoch, step, loss, int(self.completed_epochs.numpy()), self.last.directory)
+                    batches_without_positives += int(float(empty))
+                    losses.append(loss)
+                    callback_list.on_train_batch_end(step, {"loss": loss})
+                    stop_if_interrupted()
+                logs = {"loss": float(np.mean(losses)), "learning_rate": current_learning_rate(self.optimizer)}
+                if validation_batches is not None:
+                    logs["val_loss"] = self.evaluate_loss(validation_batches(epoch))
+                self.completed_epochs.assign(epoch + 1)
+                if validation_batches is not None and logs["val_loss"] < float(self.best_val_loss.numpy()):
+                    self.best_val_loss.assign(logs["val_loss"])
+                    self.best.save()
+                self.last.save()
+                callback_list.on_epoch_end(epoch, logs)
         callback_list.on_train_end()
         if batches_without_positives:
             log.warning("%d training batches had no positive pair (loss 0 for them)", batches_without_positives)
