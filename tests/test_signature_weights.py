@@ -26,6 +26,7 @@ from sigverify.models.signature_weights import (
     shipped_weights,
     write_backbone_weights,
 )
+from sigverify.pretrain.shipping import MAX_SHIPPED_BYTES, MAX_SHIPPED_TOTAL_BYTES, install_shipped_weights
 from tests.conftest import run_experiment_script
 
 SMALL = PreprocessConfig((32, 32))
@@ -154,7 +155,7 @@ def test_every_shipped_file_matches_its_card_and_loads_into_the_models_it_claims
 
     shipped = shipped_weights(backbone)
     assert shipped is not None, f"no shipped weights for {backbone} in {WEIGHTS_DIR}"
-    assert shipped.path.stat().st_size <= 20 * 1024 * 1024 and shipped.card["bytes"] == shipped.path.stat().st_size
+    assert shipped.path.stat().st_size <= MAX_SHIPPED_BYTES and shipped.card["bytes"] == shipped.path.stat().st_size
     for key in ("data", "recipe", "reproduce", "figures", "sha256"):
         assert shipped.card[key], key
     assert (WEIGHTS_DIR / f"{SHIPPED_NAMES[backbone]}.md").read_text().count(shipped.sha256) == 1
@@ -174,7 +175,7 @@ def test_every_shipped_file_matches_its_card_and_loads_into_the_models_it_claims
 
 
 def test_the_shipped_files_hold_at_most_40_mb_in_all():
-    assert sum(path.stat().st_size for path in WEIGHTS_DIR.glob("*.h5")) <= 40 * 1024 * 1024
+    assert sum(path.stat().st_size for path in WEIGHTS_DIR.glob("*.h5")) <= MAX_SHIPPED_TOTAL_BYTES
 
 
 def _all_layers(model):
@@ -238,8 +239,6 @@ def test_pretrain_backbone_smoke_writes_shipped_files_that_install(tmp_path):
     """make pretrain-backbone PROFILE=smoke: the run folder's shipped/ holds the float16 file, its card (sha256 of the
     file, the recipe, the frozen figures, the float16 loss) and the Markdown card; `sigverify weights install` copies
     them."""
-    from sigverify.pretrain.shipping import install_shipped_weights
-
     result = run_experiment_script("pretrain_backbone.py", "--profile", "smoke", "--runs", tmp_path / "runs",
                                    cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -271,6 +270,14 @@ def test_pretrain_backbone_smoke_writes_shipped_files_that_install(tmp_path):
     markdown = (second_run / "shipped" / "resnet50-signatures.md").read_text()
     assert "## Recipe (stage 2 of 2)" in markdown and "## Stage 1 of 2" in markdown
     assert markdown.count(card["sha256"]) == 1 and markdown.count(second["sha256"]) == 1
+    full = tmp_path / "full-package-weights"
+    full.mkdir()
+    with open(full / "vgg16-signatures.h5", "wb") as other:  # sparse: 39.5 MB on paper, nothing on disk
+        other.truncate(MAX_SHIPPED_TOTAL_BYTES - MAX_SHIPPED_BYTES // 40)
+    with pytest.raises(ConfigError, match=r"resnet50-signatures.h5 would bring .* with vgg16-signatures.h5, more than the "
+                                          r"40 MB"):
+        install_shipped_weights(run, full)
+    assert [path.name for path in full.iterdir()] == ["vgg16-signatures.h5"], "a refused install copies nothing"
     shutil.rmtree(run / "shipped")
     with pytest.raises(ConfigError, match="no shipped weights"):
         install_shipped_weights(run, tmp_path / "elsewhere")

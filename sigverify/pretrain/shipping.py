@@ -31,6 +31,7 @@ from sigverify.settings import ExperimentConfig
 
 SHIPPED_FOLDER = "shipped"  # in the pretraining run folder
 MAX_SHIPPED_BYTES = 20 * 1024 * 1024
+MAX_SHIPPED_TOTAL_BYTES = 40 * 1024 * 1024  # every file of the package's weights folder together
 SHIP_COMMAND = "make ship-weights RUN=runs/pretrain-backbone/<run id>"
 
 
@@ -235,6 +236,14 @@ def install_shipped_weights(run_dir: Path, destination: Path = WEIGHTS_DIR) -> l
     if not files:
         raise ConfigError(f"RUN={run_dir}: no shipped weights ({SHIPPED_FOLDER}/*.h5); expected a finished "
                           "make pretrain-backbone run")
+    incoming = {path.name: path.stat().st_size for path in files}
+    kept = {path.name: path.stat().st_size for path in destination.glob("*.h5") if path.name not in incoming}
+    total = sum(incoming.values()) + sum(kept.values())
+    if total > MAX_SHIPPED_TOTAL_BYTES:
+        raise ConfigError(f"RUN={run_dir}: its {', '.join(incoming)} would bring {destination} to {total / 2**20:.1f} MB "
+                          f"of weights with {', '.join(kept) or 'nothing else'}, more than the "
+                          f"{MAX_SHIPPED_TOTAL_BYTES / 2**20:.0f} MB the shipped files may hold together; expected "
+                          "an earlier --cut-layer")
     destination.mkdir(parents=True, exist_ok=True)
     installed = []
     for weights in files:
