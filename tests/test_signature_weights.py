@@ -283,6 +283,16 @@ def test_pretrain_backbone_smoke_writes_shipped_files_that_install(tmp_path):
         install_shipped_weights(run, tmp_path / "elsewhere")
 
 
+def test_ship_weights_refuses_a_file_over_20_mb_and_copies_nothing(tmp_path):
+    shipped = tmp_path / "run" / "shipped"
+    shipped.mkdir(parents=True)
+    with open(shipped / "resnet50-signatures.h5", "wb") as oversized:  # sparse
+        oversized.truncate(MAX_SHIPPED_BYTES + 1)
+    with pytest.raises(ConfigError, match="resnet50-signatures.h5 over the 20 MB a shipped file may hold"):
+        install_shipped_weights(tmp_path / "run", tmp_path / "package-weights")
+    assert not (tmp_path / "package-weights").exists()
+
+
 def test_pretrain_backbone_settings_are_checked_before_any_work():
     """Its profiles are its own (no blog: a profile an experiment lacks is refused, not run at the defaults), and the
     method is fixed."""

@@ -237,6 +237,10 @@ def install_shipped_weights(run_dir: Path, destination: Path = WEIGHTS_DIR) -> l
         raise ConfigError(f"RUN={run_dir}: no shipped weights ({SHIPPED_FOLDER}/*.h5); expected a finished "
                           "make pretrain-backbone run")
     incoming = {path.name: path.stat().st_size for path in files}
+    too_big = [name for name, size in incoming.items() if size > MAX_SHIPPED_BYTES]
+    if too_big:
+        raise ConfigError(f"RUN={run_dir}: {', '.join(too_big)} over the {MAX_SHIPPED_BYTES / 2**20:.0f} MB a shipped "
+                          "file may hold; expected an earlier --cut-layer")
     kept = {path.name: path.stat().st_size for path in destination.glob("*.h5") if path.name not in incoming}
     total = sum(incoming.values()) + sum(kept.values())
     if total > MAX_SHIPPED_TOTAL_BYTES:
