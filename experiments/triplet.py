@@ -19,19 +19,9 @@ from sigverify.steps import prepare_experiment, train_and_report
 # smoke: seconds, for tests. quick: the default, minutes on a 2-core CPU: ResNet50 cut at conv4_block6_add (Small
 # ResNet50 + skip's backbone) at 96×96 from the shipped signature weights (--weights auto here), its first three stages
 # frozen, then global average pooling → Dense → L2 (--head gap) instead of the post's conv head; everything at Adam
-# 1e-4, cosine, augmented, 3 epochs. Chosen on validation folds of CEDAR's training writers (skilled max accuracy /
-# honest accuracy): at 64×64 the conv head at 1e-3 with the backbone at a tenth gave 0.710 / 0.676 and 0.670 / 0.612
-# on folds 0 and 1, the gap head at the same rates 0.712 / 0.710 on fold 0, the gap head at 1e-4 for 6 epochs 0.718 /
-# 0.713, 0.684 / 0.667, 0.697 / 0.660 and 0.739 / 0.677 on folds 0 to 3 (4 epochs: 0.699 / 0.695 and 0.671 / 0.668 on
-# folds 0 and 1). 96×96 for 4 epochs trains in about the time of 64×64 for 6 (an epoch 1.5× as long) and gave 0.725 /
-# 0.720, 0.702 / 0.695, 0.728 / 0.710 and 0.727 / 0.694 (mean 0.721 / 0.705 against 0.710 / 0.679; honest accuracy
-# higher on every fold), but took 12 minutes wall on a 2-core AMD EPYC; 3 epochs at 96×96 gave 0.716 / 0.714 and
-# 0.704 / 0.697 on folds 0 and 1 (mean 0.710 / 0.706 against 0.714 / 0.708) in three quarters of the training time.
-# full: the quick recipe at 160×160 for 10 epochs on the post's Small ResNet50 + skip backbone, about 28 minutes on a
-# 2-core Intel Xeon with AMX (not measured on a 2-core AMD EPYC, where training steps take about 2.5× as long). On
-# validation folds 0 and 1, against 64×64 for 6 epochs: 10 epochs at 96×96 0.741 / 0.731 and 0.713 / 0.635, 128×128
-# 0.777 / 0.761 and 0.745 / 0.720, 160×160 0.801 / 0.775 and 0.761 / 0.743; on fold 0 16 epochs at 64×64 0.722 / 0.656
-# (bigger images pay, longer training alone does not), the conv head at 128×128 0.714 / 0.633.
+# 1e-4, cosine, augmented, 3 epochs. full: the quick recipe at 160×160 for 10 epochs on the post's Small ResNet50 + skip
+# backbone. Both were chosen on validation folds of CEDAR's training writers; the README's section on the shipped
+# weights gives their numbers, their times and what else was tried.
 # blog: the post's protocol (224×224, batch 64, 25 epochs, ExponentialDecay(10, 0.7)): the settings' defaults.
 QUICK = {
     "image": {"image_size": 96},
