@@ -16,7 +16,7 @@ import keras
 
 from sigverify.data.preprocess import default_cache_dir
 from sigverify.errors import ConfigError, SigverifyError
-from sigverify.interrupts import Interrupted, handling_interrupts, interrupt_received
+from sigverify.interrupts import Interrupted, handling_interrupts, interrupt_received, stop_if_interrupted
 from sigverify.runs import CONFIG_FILE, STATUS_FILE, RunFolder, check_resumable, write_yaml
 from sigverify.settings import (
     ExperimentConfig,
@@ -109,8 +109,7 @@ def run_experiment(experiment: str, profiles: dict, prepare: Callable[[Experimen
             write_yaml(run.file(CONFIG_FILE), config.to_dict())
         print(f"{'run' if chief else 'worker scratch'} folder: {run.path}", file=sys.stderr)
         metrics = body(run, config, prepared)
-        if interrupt_received():  # library code that checks for signals swallowed the handler's exception: stop anyway
-            raise Interrupted(interrupt_received())
+        stop_if_interrupted()  # library code that checks for signals may have swallowed the handler's exception
         run.finish()
         print(f"done: {run.path}", file=sys.stderr)
         _print_summary(metrics)
