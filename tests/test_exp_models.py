@@ -93,11 +93,41 @@ def test_table_reports_mean_and_std_over_seeds_from_the_sub_runs(zoo_run):
         assert row["image_size"] == 32
     assert table.set_index("model").loc["smaller_resnet50", "cut_layer"] == "conv3_block4_add"
     markdown = (run_dir / "table.md").read_text()
-    models_table = markdown.split("Verification against enrolled references")[0]  # not the deployment table
+    models_table = markdown.split("Each model against")[0]  # not the paired or the deployment table
     rows = [line for line in models_table.splitlines() if line.startswith(tuple(f"| {model} |" for model in MODELS))]
     assert len(rows) == len(MODELS) and all("±" in line for line in rows)
     assert "0.761 / 0.240" in markdown, "the post's figure beside ours"
 
+
+
+def test_table_pairs_each_model_with_the_first_on_the_same_test_writers_and_seed(zoo_run):
+    _, run_dir, _ = zoo_run
+    markdown = (run_dir / "table.md").read_text()
+    assert f"Each model against {MODELS[0]} on the runs they share" in markdown
+    first = [metrics["hard"]["max_accuracy"] for metrics in sub_run_metrics(run_dir, MODELS[0])]
+    for model in MODELS[1:]:
+        differences = np.subtract([metrics["hard"]["max_accuracy"] for metrics in sub_run_metrics(run_dir, model)], first)
+        counts = f"{(differences > 0).sum()} / {(differences == 0).sum()} / {(differences < 0).sum()}"
+        assert (f"| {model} | {len(SEEDS)} | {differences.mean():+.3f} ± {np.std(differences, ddof=1):.3f} | {counts} |"
+                in markdown), model
+
+
+def test_paired_differences_match_runs_by_test_writers_and_seed_not_by_order():
+    from sigverify.reporting.tables import paired_differences
+
+    runs = pd.DataFrame([
+        # model, sub-run, test writers, skilled max accuracy
+        ("a", "a-fold0-seed0", "1 2", 0.70), ("a", "a-fold1-seed0", "3 4", 0.60), ("a", "a-fold2-seed0", "5 6", 0.65),
+        ("b", "b-fold1-seed0", "3 4", 0.66), ("b", "b-fold0-seed0", "1 2", 0.70), ("b", "b-fold2-seed0", "5 6", 0.62),
+        ("c", "c-fold0-seed1", "1 2", 0.90), ("c", "c-fold1-seed0", "3 4", 0.90),  # one run shared with a: no row
+        ("d", "d-fold0-seed0", "1 2", None), ("d", "d-fold1-seed0", "3 4", 0.50),  # a run without a figure is left out
+    ], columns=["model", "run", "test_writers", "hard_max_accuracy"])
+    paired = paired_differences(runs, "model").set_index("model")
+    assert list(paired.index) == ["b"] and paired.loc["b", "reference"] == "a"
+    assert paired.loc["b", "paired_runs"] == 3
+    assert paired.loc["b", "difference_mean"] == pytest.approx(np.mean([0.0, 0.06, -0.03]))
+    assert paired.loc["b", "difference_std"] == pytest.approx(np.std([0.0, 0.06, -0.03], ddof=1))
+    assert (paired.loc["b", "ahead"], paired.loc["b", "level"], paired.loc["b", "behind"]) == (1, 1, 1)
 
 def test_one_run_per_model_gives_cells_without_spread():
     from sigverify.reporting.tables import RUN_COLUMNS, VERIFICATION_COLUMNS, summary_markdown

@@ -131,6 +131,40 @@ def summary_table(runs_by_group: dict[str, list[Path]], group_column: str, seed:
     return pd.DataFrame(summary_rows), runs[[group_column] + [c for c in runs.columns if c != group_column]]
 
 
+def paired_differences(runs: pd.DataFrame, group_column: str, column: str = "hard_max_accuracy") -> pd.DataFrame:
+    """Each group against the first on the runs they share (the same test writers and seed): the mean and sample
+    standard deviation of the per-run differences in `column`, and on how many runs the group is ahead, level and
+    behind. Folds differ in difficulty more than models often do; paired, what a fold does to both cancels out."""
+    seeds = runs["run"].str.extract(r"seed(\d+)$", expand=False)
+    keyed = runs.assign(seed=seeds, value=pd.to_numeric(runs[column], errors="coerce")).dropna(subset=["seed", "value"])
+    values = keyed.pivot_table(index=["test_writers", "seed"], columns=group_column, values="value", aggfunc="first")
+    reference, *others = list(dict.fromkeys(runs[group_column]))
+    rows = []
+    for group in others:
+        if group not in values or reference not in values:
+            continue
+        differences = (values[group] - values[reference]).dropna()
+        if len(differences) < 2:
+            continue
+        rows.append({group_column: group, "reference": reference, "paired_runs": len(differences),
+                     "difference_mean": differences.mean(), "difference_std": differences.std(ddof=1),
+                     "ahead": int((differences > 0).sum()), "level": int((differences == 0).sum()),
+                     "behind": int((differences < 0).sum())})
+    return pd.DataFrame(rows)
+
+
+def paired_markdown(paired: pd.DataFrame, group_column: str, column: str = "hard_max_accuracy") -> str:
+    reference = paired["reference"].iloc[0]
+    introduction = (f"Each {group_column} against {reference} on the runs they share (the same test writers and seed): "
+                    f"the per-run difference in {HEADERS[column]}, mean ± sample standard deviation, and the runs "
+                    f"where it is ahead of, level with and behind {reference}:")
+    lines = [introduction, "", f"| {group_column} | paired runs | difference | ahead / level / behind |", "|---|---|---|---|"]
+    for _, row in paired.iterrows():
+        lines.append(f"| {row[group_column]} | {row['paired_runs']} | {row['difference_mean']:+.3f} ± "
+                     f"{row['difference_std']:.3f} | {row['ahead']} / {row['level']} / {row['behind']} |")
+    return "\n".join(lines)
+
+
 def number_text(value, digits: int) -> str:
     return "—" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
@@ -174,11 +208,14 @@ PROTOCOL_NOTE = (
 def write_summary_tables(folder: Path, summary: pd.DataFrame, runs: pd.DataFrame, group_column: str,
                          title_lines: list[str], facts: dict[str, Callable[[pd.Series], str]] | None = None) -> str:
     """table.csv (the summary), runs.csv (every run) and table.md (title, the verification table with the `facts`
-    cells of `summary_markdown`, the deployment table, the note on what the cells are); returns the Markdown."""
+    cells of `summary_markdown`, each group paired against the first where they share runs, the deployment table, the
+    note on what the cells are); returns the Markdown."""
     folder = Path(folder)
     write_text(folder / "table.csv", summary.to_csv(index=False, float_format="%.6g"))
     write_text(folder / "runs.csv", runs.to_csv(index=False, float_format="%.6g"))
+    paired = paired_differences(runs, group_column)
     markdown = "\n".join([*title_lines, "", summary_markdown(summary, group_column, VERIFICATION_COLUMNS, facts), "",
+                          *([paired_markdown(paired, group_column), ""] if len(paired) else []),
                           "Verification against enrolled references and writer identification:", "",
                           summary_markdown(summary, group_column, DEPLOYMENT_COLUMNS), "",
                           PROTOCOL_NOTE.format(resamples=BOOTSTRAP_RESAMPLES), ""])
