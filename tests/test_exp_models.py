@@ -99,7 +99,6 @@ def test_table_reports_mean_and_std_over_seeds_from_the_sub_runs(zoo_run):
     assert "0.761 / 0.240" in markdown, "the post's figure beside ours"
 
 
-
 def test_table_pairs_each_model_with_the_first_on_the_same_test_writers_and_seed(zoo_run):
     _, run_dir, _ = zoo_run
     markdown = (run_dir / "table.md").read_text()
@@ -128,6 +127,7 @@ def test_paired_differences_match_runs_by_test_writers_and_seed_not_by_order():
     assert paired.loc["b", "difference_mean"] == pytest.approx(np.mean([0.0, 0.06, -0.03]))
     assert paired.loc["b", "difference_std"] == pytest.approx(np.std([0.0, 0.06, -0.03], ddof=1))
     assert (paired.loc["b", "ahead"], paired.loc["b", "level"], paired.loc["b", "behind"]) == (1, 1, 1)
+
 
 def test_one_run_per_model_gives_cells_without_spread():
     from sigverify.reporting.tables import RUN_COLUMNS, VERIFICATION_COLUMNS, summary_markdown
