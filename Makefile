@@ -89,8 +89,11 @@ RUN ?=
 ship-weights: install
 	$(VENV)/bin/sigverify weights install $(RUN)
 
+# Two pytest workers by default (TEST_WORKERS=0 runs in one process): most tests wait on one core (process start-up,
+# TensorFlow's tracing), so two of them fill a 2-core machine. Each test file stays on one worker, with its fixtures.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -rs --durations=15
+	$(PY) -m pytest -q -rs --durations=15 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # Training speed of the blog profile on the JAX backend (float32 and mixed_bfloat16: images/s, TFLOP/s, peak memory).
 # BENCH_ARGS="--loss-sweep --profile-step" adds the loss at B = 1024..16384 and a step's parts; on a CPU pass a small

@@ -47,6 +47,28 @@ def triplet_smoke_run(tiny_dataset, tmp_path_factory):
     return workdir, (workdir / "runs" / "triplet" / "latest").resolve(), result
 
 
+@pytest.fixture()
+def triplet_in_process(capsys, monkeypatch, tmp_path):
+    """`experiments/triplet.py args...` run in this process (no second TensorFlow start-up), with its own cache:
+    returns a CompletedProcess-like record of its exit code and stderr."""
+    from sigverify.experiment import run_experiment
+    from sigverify.protocol import repeated
+
+    recipe = load_recipe("triplet")
+    monkeypatch.setenv("SIGVERIFY_CACHE", str(tmp_path / "cache"))
+
+    def run(*args, env_extra=None):
+        for name, value in (env_extra or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        code = run_experiment("triplet", recipe.PROFILES, recipe.prepare, repeated(recipe.train_and_evaluate),
+                              argv=[str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return run
+
+
 def run_experiment_script(script: str, *args, cwd: Path, env_extra: dict | None = None,
                           timeout: int = 600) -> subprocess.CompletedProcess:
     """`python experiments/<script> args...` in `cwd`, with a preprocessing cache of its own under `cwd`."""

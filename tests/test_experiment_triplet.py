@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import run_experiment_script
-
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "experiments" / "triplet.py"
 METRIC_KEYS = ["max_accuracy", "eer", "eer_interpolated", "auc", "threshold", "accuracy_at_train_threshold"]
@@ -68,9 +66,8 @@ def test_verify_uses_the_run(triplet_smoke_run, tiny_dataset):
     (["--strategy", "warp"], "strategy"),
     (["--backbone", "alexnet"], "backbone"),
 ])
-def test_bad_settings_are_refused_in_one_line_before_any_work(args, message, tiny_dataset, tmp_path):
-    result = run_experiment_script("triplet.py", "--profile", "smoke", "--data", tiny_dataset, "--runs",
-                                   tmp_path / "runs", *args, cwd=tmp_path, timeout=300)
+def test_bad_settings_are_refused_in_one_line_before_any_work(args, message, triplet_in_process, tiny_dataset, tmp_path):
+    result = triplet_in_process("--profile", "smoke", "--data", tiny_dataset, "--runs", tmp_path / "runs", *args)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -78,9 +75,8 @@ def test_bad_settings_are_refused_in_one_line_before_any_work(args, message, tin
     assert not (tmp_path / "runs").exists(), "nothing is written for a refused setting"
 
 
-def test_unknown_profile_and_too_few_writers_are_refused(tmp_path, tiny_dataset):
-    result = run_experiment_script("triplet.py", "--profile", "huge", "--data", tiny_dataset, "--runs",
-                                   tmp_path / "runs", cwd=tmp_path)
+def test_unknown_profile_and_too_few_writers_are_refused(triplet_in_process, tmp_path, tiny_dataset):
+    result = triplet_in_process("--profile", "huge", "--data", tiny_dataset, "--runs", tmp_path / "runs")
     assert result.returncode == 2 and "smoke, quick, full, blog" in result.stderr and "Traceback" not in result.stderr
     lonely = tmp_path / "lonely"
     for folder in ("full_org", "full_forg"):
@@ -88,8 +84,7 @@ def test_unknown_profile_and_too_few_writers_are_refused(tmp_path, tiny_dataset)
     for n in (1, 2):
         for folder, stem in (("full_org", "original"), ("full_forg", "forgeries")):
             (lonely / folder / f"{stem}_3_{n}.png").write_bytes((tiny_dataset / folder / f"{stem}_1_{n}.png").read_bytes())
-    result = run_experiment_script("triplet.py", "--profile", "smoke", "--data", lonely, "--runs", tmp_path / "runs",
-                                   cwd=tmp_path)
+    result = triplet_in_process("--profile", "smoke", "--data", lonely, "--runs", tmp_path / "runs")
     assert result.returncode == 2 and "at least two writers" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -116,10 +111,11 @@ def test_full_profile_is_the_quick_recipe_longer_and_bigger_and_the_triplet_expe
 
 
 def test_killed_run_resumes_from_the_last_epoch(tiny_dataset, tmp_path):
-    """kill -9 during training, then --resume: the finished history has every epoch once."""
+    """kill -9 during training, then --resume: the finished history has every epoch once (eight epochs: a smoke epoch
+    takes seconds, the poll a fifth of one)."""
     env = dict(os.environ, SIGVERIFY_CACHE=str(tmp_path / "cache"))
     args = [sys.executable, str(SCRIPT), "--profile", "smoke", "--data", str(tiny_dataset), "--runs", str(tmp_path / "runs"),
-            "--epochs", "40", "--no-umap", "--gradcam-images", "0"]
+            "--epochs", "8", "--no-umap", "--gradcam-images", "0"]
     process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     run_dir = None
@@ -133,24 +129,24 @@ def test_killed_run_resumes_from_the_last_epoch(tiny_dataset, tmp_path):
     process.wait()
     assert run_dir is not None, "training did not reach its second epoch in time"
     completed = len((run_dir / "history.csv").read_text().splitlines()) - 1
-    assert completed < 40
+    assert completed < 8
     assert not (tmp_path / "runs" / "triplet" / "latest").exists(), "latest moves only when a run has finished"
 
-    # the same flags again: the run's own config.yaml (40 epochs) continues (other settings would be refused)
+    # the same flags again: the run's own config.yaml (8 epochs) continues (other settings would be refused)
     result = subprocess.run(args + ["--resume", str(run_dir)], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     history_rows = (run_dir / "history.csv").read_text().splitlines()[1:]
     epochs = [int(row.split(",")[0]) for row in history_rows]
-    assert epochs == list(range(40)), "every epoch exactly once"
+    assert epochs == list(range(8)), "every epoch exactly once"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_resumed_from"] >= 2
     assert (tmp_path / "runs" / "triplet" / "latest").resolve() == run_dir.resolve()
 
 
-def test_resume_refuses_another_experiments_folder(tmp_path, tiny_dataset):
+def test_resume_refuses_another_experiments_folder(triplet_in_process, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.yaml").write_text("experiment: contrastive\n")
-    result = run_experiment_script("triplet.py", "--resume", other, cwd=tmp_path)
+    result = triplet_in_process("--resume", other)
     assert result.returncode == 2 and "contrastive" in result.stderr and "Traceback" not in result.stderr

@@ -29,29 +29,6 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.fixture()
-def triplet_in_process(capsys, monkeypatch, tmp_path):
-    """`experiments/triplet.py args...` run in this process (no second TensorFlow start-up), with its own cache:
-    returns a CompletedProcess-like record of its exit code and stderr."""
-    from sigverify.experiment import run_experiment
-    from sigverify.protocol import repeated
-    from tests.conftest import load_recipe
-
-    recipe = load_recipe("triplet")
-    monkeypatch.setenv("SIGVERIFY_CACHE", str(tmp_path / "cache"))
-
-    def run(*args, env_extra=None):
-        for name, value in (env_extra or {}).items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        code = run_experiment("triplet", recipe.PROFILES, recipe.prepare, repeated(recipe.train_and_evaluate),
-                              argv=[str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return run
-
-
 def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> str:
     """Exit 2 with one `error:` line holding every fragment, and no traceback."""
     assert result.returncode == 2, result.stderr[-3000:]
