@@ -112,7 +112,7 @@ def test_full_profile_is_the_quick_recipe_longer_and_bigger_and_the_triplet_expe
 
 def test_killed_run_resumes_from_the_last_epoch(tiny_dataset, tmp_path):
     """kill -9 during training, then --resume: the finished history has every epoch once (eight epochs: a smoke epoch
-    takes seconds, the poll a fifth of one)."""
+    takes seconds, the history is polled every fifth of a second)."""
     env = dict(os.environ, SIGVERIFY_CACHE=str(tmp_path / "cache"))
     args = [sys.executable, str(SCRIPT), "--profile", "smoke", "--data", str(tiny_dataset), "--runs", str(tmp_path / "runs"),
             "--epochs", "8", "--no-umap", "--gradcam-images", "0"]
